@@ -1,0 +1,51 @@
+"""Command-line parsing shared by the entry points: `--config FILE [key=value ...]`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+from .config import ConfigError, load_config
+
+
+def parse_run_args(argv: list[str] | None, prog: str) -> tuple[str | None, list[str]]:
+    parser = argparse.ArgumentParser(prog=prog, description=f"medformer {prog}: --config FILE [key=value ...]")
+    parser.add_argument("--config", help="YAML config file (configs/...)")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.epochs=5")
+    args = parser.parse_args(argv)
+    return args.config, args.overrides
+
+
+# Errors a user can cause by input; they end the run with one line and exit code 2.
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, ValueError, FileNotFoundError, KeyError)
+
+
+def run_entry(schema: type, run: Callable, argv: list[str] | None, prog: str) -> int:
+    """Load and validate the config, run, turn user errors into one-line messages."""
+    from .engine.checkpoint import CheckpointError
+    from .engine.trainer import NonFiniteLossError
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    config, overrides = parse_run_args(argv, prog)
+    try:
+        cfg = load_config(schema, config, overrides)
+        run(cfg)
+    except (*USER_ERRORS, CheckpointError, NonFiniteLossError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"{prog}: error: {msg}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`medformer <command> ...` dispatcher."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {"finetune": "finetune.__main__", "pretrain": "pretrain.__main__"}
+    if not argv or argv[0] not in commands:
+        print(f"usage: medformer {{{','.join(commands)}}} --config FILE [key=value ...]", file=sys.stderr)
+        return 2
+    import importlib
+
+    return importlib.import_module(commands[argv[0]]).main(argv[1:])

@@ -1,0 +1,208 @@
+"""Run configuration: YAML files plus dotted `key=value` overrides, validated against dataclasses.
+
+An unknown key or a value of the wrong type stops with a one-line `ConfigError` naming it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema."""
+
+
+@dataclass
+class DataConfig:
+    root: str | None = None  # folder with the official npz files; else $MEDMNIST_ROOT, ~/.medmnist
+    datasets: list[str] = field(default_factory=lambda: ["pneumoniamnist"])
+    size: int = 28
+    download: bool = False
+    verify_md5: bool = True
+    num_workers: int = 0
+    label_fraction: float = 1.0  # stratified subset of the training labels
+    max_train_samples: int | None = None  # per dataset, for smoke runs
+
+
+@dataclass
+class AugmentConfig:
+    enabled: bool = True
+    randaugment_n: int = 2
+    randaugment_m: int = 8
+    hflip: float = 0.5
+    vflip: float = 0.0
+    rotate_degrees: float = 10.0
+    crop_scale: float = 0.85  # min area fraction of the random resized crop
+    flip_3d: float = 0.5  # per axis
+    rot90_3d: float = 0.5
+    rotate_3d_degrees: float = 10.0
+    intensity_3d: float = 0.1
+
+
+@dataclass
+class ModelConfig:
+    name: str = "medformer_small"  # medformer_small, medformer_large, or a timm CNN name
+    drop_path: float = 0.0
+    dropout: float = 0.0
+    overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {depth: 2} for tiny test models
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 128  # per process
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    schedule: str = "cosine"  # cosine | onecycle | constant
+    warmup_epochs: float = 1.0
+    grad_accum: int = 1
+    grad_clip: float = 1.0
+    mixed_precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | no | bf16 | fp16
+    log_every: int = 10
+    max_steps: int | None = None  # optimizer steps; stops early (budgets, tests)
+    checkpoint_every: int = 0  # extra checkpoint every N optimizer steps (0: epoch ends only)
+    early_stopping: int = 0  # patience in epochs on the val metric (0: off)
+    monitor: str = "auc"  # val metric for best checkpoint and early stopping
+    progress: bool = True
+    eval_test: bool = True
+
+
+@dataclass
+class FinetuneConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    seed: int = 0
+    output_dir: str = "runs/finetune"
+    init: str = "scratch"  # scratch | imagenet | path to a checkpoint dir or .safetensors
+    resume: str | None = None  # output_dir of a run to continue
+    loss_weights: dict[str, float] = field(default_factory=dict)  # per task; default 1
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check (and gently convert, e.g. '1e-3' -> float) a value against a type hint."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"config key {key!r}: {value!r} is not a {' or '.join(map(_type_name, args))}")
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key!r} must be a mapping of {sorted(f.name for f in dataclasses.fields(tp))}")
+        return _build(tp, value, key + ".")
+    if origin is list:
+        if isinstance(value, (str, int, float)):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key {key!r} must be a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_coerce(v, item, key) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key!r} must be a mapping, got {value!r}")
+        _, item = typing.get_args(tp)
+        return {str(k): _coerce(v, item, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lstrip("-").isdigit():
+            return int(value)
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise ConfigError(f"config key {key!r}: {value!r} is not a {_type_name(tp)}")
+
+
+def _build(cls: type, values: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown config key {prefix + unknown[0]!r}; valid keys under "
+            f"{prefix.rstrip('.') or 'the top level'}: {', '.join(sorted(names))}"
+        )
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key=value (e.g. train.epochs=5)")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def _set_nested(tree: dict, path: list[str], value: Any) -> None:
+    for part in path[:-1]:
+        node = tree.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"config key {'.'.join(path)!r}: {part!r} is not a section")
+        tree = node
+    tree[path[-1]] = value
+
+
+def load_config(cls: type, path: str | Path | None = None, overrides: list[str] = ()) -> Any:
+    """Schema `cls` filled from a YAML file then `key=value` overrides (dotted keys)."""
+    tree: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_nested(tree, key, value)
+    return _build(cls, tree)
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

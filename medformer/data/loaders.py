@@ -1,0 +1,101 @@
+"""Datasets and loaders for runs: seeded augmentation, label fractions, multi-dataset mixing."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+
+import torch
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
+
+from ..config import AugmentConfig, DataConfig
+from .batch import collate
+from .domains import dataset_info
+from .medmnist import MedMNISTDataset, stratified_fraction
+
+
+class SeededTransform(Dataset):
+    """Applies `transform` with an RNG seeded by (seed, epoch, dataset, index).
+
+    Augmentations then do not depend on which process or worker loads a sample, nor on
+    whether the run was resumed: 1-process, 2-process and resumed runs see the same views.
+    """
+
+    def __init__(self, base: Dataset, transform: Callable | None, seed: int):
+        self.base = base
+        self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+        self._salt = zlib.crc32(str(getattr(base, "flag", "")).encode())
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict:
+        item = dict(self.base[i])
+        if self.transform is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(hash((self.seed, self.epoch, self._salt, i)) % 2**63)
+                item["image"] = self.transform(item["image"])
+        return item
+
+
+class EpochConcat(ConcatDataset):
+    """ConcatDataset that forwards set_epoch to its parts (one shuffled index over all datasets)."""
+
+    def set_epoch(self, epoch: int) -> None:
+        for d in self.datasets:
+            if hasattr(d, "set_epoch"):
+                d.set_epoch(epoch)
+
+
+def medmnist_split(data: DataConfig, flag: str, split: str, seed: int = 0, fraction: float = 1.0) -> MedMNISTDataset:
+    """One split of one MedMNIST dataset, optionally a stratified label fraction / size cap."""
+    ds = MedMNISTDataset(flag, split, size=data.size, root=data.root, download=data.download, verify_md5=data.verify_md5)
+    if fraction < 1.0:
+        ds = ds.subset(stratified_fraction(ds.labels, fraction, seed))
+    if data.max_train_samples and split == "train":
+        ds = ds.subset(range(min(len(ds), data.max_train_samples)))
+    return ds
+
+
+def train_dataset(
+    data: DataConfig, make_transform: Callable[[str], Callable | None], seed: int
+) -> EpochConcat:
+    """Train splits of all configured datasets, each with its dim's transform, concatenated."""
+    parts = []
+    for flag in data.datasets:
+        base = medmnist_split(data, flag, "train", seed=seed, fraction=data.label_fraction)
+        parts.append(SeededTransform(base, make_transform(dataset_info(flag).dim), seed))
+    return EpochConcat(parts)
+
+
+def train_loader(dataset: Dataset, batch_size: int, num_workers: int = 0, seed: int = 0) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=True, drop_last=True, collate_fn=collate,
+        num_workers=num_workers, generator=generator, persistent_workers=False,
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
+def eval_loaders(
+    data: DataConfig, split: str, batch_size: int, transform: Callable, flags: list[str] | None = None
+) -> dict[str, DataLoader]:
+    """One unshuffled loader per dataset for a split (per-task metrics)."""
+    loaders = {}
+    for flag in flags or data.datasets:
+        ds = SeededTransform(medmnist_split(data, flag, split), transform, 0)
+        loaders[flag] = DataLoader(
+            ds, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=data.num_workers
+        )
+    return loaders
+
+
+def augment_factory(augment: AugmentConfig) -> Callable[[str], Callable]:
+    from .transforms import train_transform
+
+    return lambda dim: train_transform(augment, dim)

@@ -1,0 +1,81 @@
+"""A supervised (fine-tuning) run: config -> data -> model -> objective -> engine -> metrics.json."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from accelerate.utils import set_seed
+
+from ..config import FinetuneConfig, save_config, to_dict
+from ..data.domains import dataset_info
+from ..data.loaders import augment_factory, eval_loaders, train_dataset, train_loader
+from ..data.transforms import eval_transform
+from ..eval.evaluate import evaluate_tasks
+from ..models.factory import create_model
+from ..objectives.supervised import SupervisedObjective
+from .checkpoint import load_weights
+from .trainer import Trainer, make_accelerator
+
+logger = logging.getLogger(__name__)
+
+
+def init_model(model, init: str) -> dict | None:
+    """Apply `init`: scratch (nothing), imagenet (done at creation), or a checkpoint path."""
+    if init in ("scratch", "imagenet"):
+        return None
+    report = load_weights(model, init)
+    summary = {k: len(v) for k, v in report.items()}
+    logger.info("loaded %s: %s", init, summary)
+    return report
+
+
+def run_finetune(cfg: FinetuneConfig) -> dict:
+    """Train, keep the best-val checkpoint, test it; returns the metrics.json content."""
+    out = Path(cfg.output_dir)
+    infos = [dataset_info(f) for f in cfg.data.datasets]  # unknown flags fail here, before any output
+    if cfg.resume and Path(cfg.resume).resolve() != out.resolve():
+        raise ValueError(f"resume={cfg.resume} must equal output_dir={cfg.output_dir} (a run continues in place)")
+    accelerator = make_accelerator(cfg.train, out)
+    set_seed(cfg.seed)
+    train_ds = train_dataset(cfg.data, augment_factory(cfg.augment), cfg.seed)
+    loader = train_loader(train_ds, cfg.train.batch_size, cfg.data.num_workers, cfg.seed)
+    model = create_model(cfg.model, infos, cfg.data.size, pretrained=cfg.init == "imagenet")
+    init_report = init_model(model, cfg.init)
+    val = {k: accelerator.prepare(v) for k, v in eval_loaders(cfg.data, "val", cfg.train.batch_size, eval_transform()).items()}
+
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+        if init_report is not None:
+            (out / "init_report.json").write_text(json.dumps({k: v for k, v in init_report.items()}, indent=1))
+    trainer = Trainer(
+        cfg.train, SupervisedObjective(model), loader, out, accelerator,
+        loss_weights=cfg.loss_weights, evaluate=lambda m: evaluate_tasks(m, val, accelerator),
+        run_config=to_dict(cfg),
+    )
+    if cfg.resume:
+        trainer.resume(cfg.resume)
+    trainer.fit()
+
+    # final evaluation of the best-val weights on val and test
+    if (out / "best.safetensors").is_file():
+        accelerator.wait_for_everyone()
+        load_weights(trainer.model, out / "best.safetensors", strict=True)
+    metrics = {flag: {"val": m} for flag, m in evaluate_tasks(trainer.model, val, accelerator).items()}
+    if cfg.train.eval_test:
+        test = {k: accelerator.prepare(v) for k, v in eval_loaders(cfg.data, "test", cfg.train.batch_size, eval_transform()).items()}
+        for flag, m in evaluate_tasks(trainer.model, test, accelerator).items():
+            metrics[flag]["test"] = m
+    if accelerator.is_main_process:
+        _write_json(out / "metrics.json", metrics)
+        _write_json(out / "train_stats.json", {**trainer.stats(), "history": trainer.history})
+    trainer.close()
+    return metrics
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=float))
+    tmp.replace(path)

@@ -1,0 +1,339 @@
+"""The one training loop: supervised, multi-task, SSL and pseudo-label objectives alike.
+
+An objective is an nn.Module whose forward(batch) returns named losses; the engine sums them
+with configured weights, steps AdamW with a warmup schedule, evaluates, checkpoints and resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+from accelerate.utils import ProjectConfiguration
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..config import TrainConfig
+from .checkpoint import atomic_dir, save_weights
+
+STATE_FILE = "trainer_state.json"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when a loss becomes NaN or inf; the last good checkpoint is kept."""
+
+
+def make_accelerator(train: TrainConfig, output_dir: str | Path, log: bool = True) -> Accelerator:
+    """Accelerator with mixed precision bf16 on CUDA / fp32 on CPU (unless set) and TensorBoard."""
+    precision = train.mixed_precision
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() else "no"
+    return Accelerator(
+        mixed_precision=precision,
+        gradient_accumulation_steps=train.grad_accum,
+        log_with="tensorboard" if log else None,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(Path(output_dir) / "logs")),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # multi-task batches may miss a task, leaving its head without gradient
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+
+
+def lr_lambda(schedule: str, total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """Multiplier of the base LR at each optimizer step: linear warmup, then cosine or flat."""
+
+    def fn(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return 0.5 * (1 + math.cos(math.pi * progress))
+
+    return fn
+
+
+def build_optimizer(module: nn.Module, train: TrainConfig, total_steps: int, warmup_steps: int):
+    """AdamW without weight decay on norms, biases, latents and position embeddings."""
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        flat = p.ndim <= 1 or "latent" in name or "pos_" in name
+        (no_decay if flat else decay).append(p)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=train.lr,
+    )
+    if train.schedule == "onecycle":
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=train.lr, total_steps=max(total_steps, 1),
+            pct_start=max(min(warmup_steps / max(total_steps, 1), 0.5), 0.01),
+        )
+    elif train.schedule in ("cosine", "constant"):
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(train.schedule, total_steps, warmup_steps))
+    else:
+        raise ValueError(f"train.schedule must be cosine, onecycle or constant, got {train.schedule!r}")
+    return optimizer, scheduler
+
+
+def peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@dataclass
+class TrainerState:
+    epoch: int = 0  # current epoch
+    batches_in_epoch: int = 0  # batches of `epoch` already consumed
+    step: int = 0  # optimizer steps done
+    best_metric: float = -math.inf
+    best_epoch: int = -1
+    epochs_without_improvement: int = 0
+    samples_seen: int = 0
+    train_seconds: float = 0.0
+
+
+class Trainer:
+    """Owns the loop; `evaluate(model) -> {task: metrics}` and `on_step_end(step, total)` are hooks."""
+
+    def __init__(
+        self,
+        train: TrainConfig,
+        objective: nn.Module,
+        train_loader,
+        output_dir: str | Path,
+        accelerator: Accelerator,
+        loss_weights: dict[str, float] | None = None,
+        evaluate: Callable[[nn.Module], dict[str, dict[str, float]]] | None = None,
+        export: Callable[[nn.Module, Path], None] | None = None,
+        run_config: dict | None = None,
+    ):
+        self.cfg = train
+        self.acc = accelerator
+        self.output_dir = Path(output_dir)
+        self.loss_weights = loss_weights or {}
+        self.evaluate_fn = evaluate
+        self.export_fn = export
+        steps_per_epoch = math.ceil(len(train_loader) / max(1, self.acc.num_processes) / train.grad_accum)
+        total = train.epochs * steps_per_epoch
+        self.total_steps = min(total, train.max_steps) if train.max_steps else total
+        warmup = int(train.warmup_epochs * steps_per_epoch)
+        optimizer, scheduler = build_optimizer(objective, train, self.total_steps, min(warmup, self.total_steps // 2))
+        self.objective, self.optimizer, self.train_loader = self.acc.prepare(objective, optimizer, train_loader)
+        self.scheduler = scheduler
+        self.acc.register_for_checkpointing(scheduler)
+        self.state = TrainerState()
+        self.history: list[dict] = []
+        if self.acc.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.acc.init_trackers("tb", config=_flat_hparams(run_config or {}))
+
+    # -- properties -------------------------------------------------------------------------------
+    @property
+    def model(self) -> nn.Module:
+        """The unwrapped objective's model (what is evaluated and exported)."""
+        return self.acc.unwrap_model(self.objective).model
+
+    @property
+    def last_dir(self) -> Path:
+        return self.output_dir / "checkpoints" / "last"
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def save_last(self) -> None:
+        """Accelerate state + trainer state, swapped in atomically."""
+        self.acc.wait_for_everyone()
+
+        def write(tmp: Path) -> None:
+            self.acc.save_state(str(tmp), safe_serialization=True)
+            if self.acc.is_main_process:
+                (tmp / STATE_FILE).write_text(json.dumps(self.state.__dict__))
+                (tmp / "history.json").write_text(json.dumps(self.history))
+
+        if self.acc.num_processes == 1:
+            atomic_dir(self.last_dir, write)
+        else:  # every rank writes its RNG file into the same tmp folder; rank 0 swaps it in
+            tmp = self.last_dir.with_name("last.tmp")
+            if self.acc.is_main_process:
+                import shutil
+                shutil.rmtree(tmp, ignore_errors=True)
+            self.acc.wait_for_everyone()
+            write(tmp)
+            self.acc.wait_for_everyone()
+            if self.acc.is_main_process:
+                atomic_dir(self.last_dir, lambda t: _move_contents(tmp, t))
+        self.acc.wait_for_everyone()
+
+    def resume(self, run_dir: str | Path) -> None:
+        last = Path(run_dir) / "checkpoints" / "last"
+        if not (last / STATE_FILE).is_file():
+            raise FileNotFoundError(f"nothing to resume: {last / STATE_FILE} does not exist")
+        self.acc.load_state(str(last))
+        self.state = TrainerState(**json.loads((last / STATE_FILE).read_text()))
+        history = last / "history.json"
+        self.history = json.loads(history.read_text()) if history.is_file() else []
+
+    def save_best(self) -> None:
+        if self.acc.is_main_process:
+            save_weights(self.model, self.output_dir / "best.safetensors", {"epoch": self.state.epoch})
+
+    # -- loop -------------------------------------------------------------------------------------
+    def _train_step(self, batch) -> dict[str, float]:
+        with self.acc.accumulate(self.objective):
+            losses = self.objective(batch)
+            total = sum(self.loss_weights.get(k, 1.0) * v for k, v in losses.items())
+            self._check_finite(total, losses)
+            self.acc.backward(total)
+            if self.acc.sync_gradients and self.cfg.grad_clip > 0:
+                self.acc.clip_grad_norm_(self.objective.parameters(), self.cfg.grad_clip)
+            self.optimizer.step()
+            if self.acc.sync_gradients:
+                self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        out = {f"loss/{k}": v.detach().float().item() for k, v in losses.items()}
+        out["loss/total"] = total.detach().float().item()
+        return out
+
+    def _check_finite(self, total: torch.Tensor, losses: dict) -> None:
+        bad = (~torch.isfinite(total.detach())).float()
+        if self.acc.num_processes > 1:
+            bad = self.acc.reduce(bad.reshape(1), "sum")
+        if bad.item() > 0:
+            values = {k: float(v.detach()) for k, v in losses.items()}
+            raise NonFiniteLossError(
+                f"loss became non-finite at step {self.state.step} ({values}); "
+                f"last good checkpoint kept in {self.last_dir}. Lower train.lr or check the inputs."
+            )
+
+    def fit(self) -> dict:
+        """Train to the end (or max_steps), evaluating each epoch; returns the last val metrics."""
+        cfg, st = self.cfg, self.state
+        log_step = getattr(self.acc.unwrap_model(self.objective), "on_step_end", None)
+        bar = tqdm(
+            total=self.total_steps, initial=st.step, disable=not (cfg.progress and self.acc.is_main_process),
+            desc="train", dynamic_ncols=True,
+        )
+        last_metrics: dict = {}
+        stop = st.step >= self.total_steps
+        while st.epoch < cfg.epochs and not stop:
+            self._set_epoch(st.epoch)
+            loader = self.train_loader
+            if st.batches_in_epoch:
+                loader = self.acc.skip_first_batches(self.train_loader, st.batches_in_epoch)
+            t0 = time.perf_counter()
+            for batch in loader:
+                logs = self._train_step(batch)
+                st.batches_in_epoch += 1
+                st.samples_seen += _batch_size(batch) * self.acc.num_processes
+                if not self.acc.sync_gradients:
+                    continue
+                st.step += 1
+                if log_step is not None:
+                    log_step(st.step, self.total_steps)
+                bar.update(1)
+                if st.step % cfg.log_every == 0 or st.step == 1:
+                    logs["lr"] = self.scheduler.get_last_lr()[0]
+                    self.acc.log(logs, step=st.step)
+                    bar.set_postfix(loss=f"{logs['loss/total']:.4f}")
+                if st.step >= self.total_steps:
+                    stop = True
+                    break
+                if cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0:
+                    st.train_seconds += time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    self.save_last()
+            st.train_seconds += time.perf_counter() - t0
+            epoch_done = not stop or st.batches_in_epoch >= len(self.train_loader)
+            last_metrics = self._end_of_epoch()
+            if epoch_done:
+                st.epoch += 1
+                st.batches_in_epoch = 0
+            self.save_last()
+            if cfg.early_stopping and st.epochs_without_improvement >= cfg.early_stopping:
+                break
+        bar.close()
+        return last_metrics
+
+    def _end_of_epoch(self) -> dict:
+        st = self.state
+        record = {"epoch": st.epoch, "step": st.step, "train_seconds": st.train_seconds}
+        metrics: dict = {}
+        if self.evaluate_fn is not None:
+            metrics = self.evaluate_fn(self.model)
+            monitored = [m.get(self.cfg.monitor, math.nan) for m in metrics.values()]
+            score = float(torch.tensor(monitored).nanmean()) if monitored else math.nan
+            record["val"] = metrics
+            record["val_score"] = score
+            self.acc.log({f"val/{t}/{k}": v for t, m in metrics.items() for k, v in m.items()}, step=st.step)
+            if score > st.best_metric or st.best_epoch < 0:
+                st.best_metric, st.best_epoch = score, st.epoch
+                st.epochs_without_improvement = 0
+                self.save_best()
+            else:
+                st.epochs_without_improvement += 1
+        else:
+            self.save_best()
+        if self.export_fn is not None and self.acc.is_main_process:
+            self.export_fn(self.model, self.output_dir)
+        self.history.append(record)
+        return metrics
+
+    def _set_epoch(self, epoch: int) -> None:
+        if hasattr(self.train_loader, "set_epoch"):
+            self.train_loader.set_epoch(epoch)
+        dataset = getattr(self.train_loader, "dataset", None)
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
+
+    def stats(self) -> dict:
+        st = self.state
+        return {
+            "steps": st.step,
+            "epochs_completed": st.epoch,
+            "best_epoch": st.best_epoch,
+            "best_val_score": st.best_metric,
+            "train_seconds": round(st.train_seconds, 2),
+            "train_samples_per_second": round(st.samples_seen / st.train_seconds, 1) if st.train_seconds else None,
+            "peak_memory_mb": round(peak_memory_mb(), 1),
+            "num_processes": self.acc.num_processes,
+            "device": str(self.acc.device),
+            "mixed_precision": self.acc.mixed_precision,
+        }
+
+    def close(self) -> None:
+        self.acc.end_training()
+
+
+def _batch_size(batch: dict) -> int:
+    if "index" in batch:
+        return len(batch["index"])
+    return 0
+
+
+def _move_contents(src: Path, dst: Path) -> None:
+    import shutil
+
+    for item in src.iterdir():
+        shutil.move(str(item), dst / item.name)
+    shutil.rmtree(src, ignore_errors=True)
+
+
+def _flat_hparams(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            flat.update(_flat_hparams(v, key + "."))
+        elif isinstance(v, (int, float, str, bool)):
+            flat[key] = v
+        else:
+            flat[key] = str(v)
+    return flat

@@ -1,0 +1,31 @@
+"""create_model: a Medformer size name or a timm CNN name -> a model with task heads."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..config import ModelConfig
+from ..data.domains import DatasetInfo
+from .medformer import SIZES, Medformer, medformer_config
+
+
+def is_medformer(name: str) -> bool:
+    return name in SIZES
+
+
+def create_model(cfg: ModelConfig, datasets: list[DatasetInfo], image_size: int = 28, pretrained: bool = False) -> nn.Module:
+    """Model with one head per dataset; Medformer position embeddings sized for `image_size`."""
+    if is_medformer(cfg.name):
+        dims = {d.dim for d in datasets}
+        sizes = {}
+        if "2d" in dims or not dims:
+            sizes["image_size_2d"] = image_size
+        if "3d" in dims:
+            sizes["image_size_3d"] = image_size
+        mcfg = medformer_config(
+            cfg.name, drop_path=cfg.drop_path, dropout=cfg.dropout, **{**sizes, **cfg.overrides}
+        )
+        return Medformer(mcfg, list(datasets))
+    from .cnn import CNNModel
+
+    return CNNModel(cfg.name, list(datasets), pretrained=pretrained, drop_rate=cfg.dropout)

@@ -1,0 +1,25 @@
+"""Supervised (single- and multi-task) objective: one loss per task, by task type."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..data.domains import dataset_info
+from ..models.heads import task_loss
+
+
+class SupervisedObjective(nn.Module):
+    """Wraps a model with task heads; returns {"<task>": loss} for the tasks in the batch."""
+
+    def __init__(self, model: nn.Module, task_types: dict[str, str] | None = None):
+        super().__init__()
+        self.model = model
+        self.task_types = task_types or {}
+
+    def task_type(self, task: str) -> str:
+        return self.task_types.get(task) or dataset_info(task).task
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        logits = self.model(batch["inputs"])
+        return {task: task_loss(out, batch["targets"][task], self.task_type(task)) for task, out in logits.items()}

@@ -1,0 +1,122 @@
+"""Medformer: mixed 2D/3D batches, representation, sizes, and per-dataset extensibility."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medformer.data.batch import make_inputs
+from medformer.data.domains import MEDMNIST, dataset_info
+from medformer.data.synthetic import synthetic_info
+from medformer.models.medformer import Medformer, count_parameters, medformer_config
+
+FLAGS = ["pneumoniamnist", "retinamnist", "adrenalmnist3d", "chestmnist"]
+
+
+def tiny(**kw):
+    return Medformer(medformer_config("medformer_small", depth=1, **kw), [dataset_info(f) for f in FLAGS])
+
+
+def mixed_inputs():
+    imgs = [torch.rand(1, 28, 28), torch.rand(3, 28, 28), torch.rand(1, 28, 28, 28), torch.rand(1, 28, 28), torch.rand(1, 28, 28, 28)]
+    return make_inputs(imgs, ["pneumoniamnist", "retinamnist", "adrenalmnist3d", "chestmnist", "adrenalmnist3d"])
+
+
+def test_mixed_2d_3d_batch_one_forward_pass_and_backward():
+    torch.manual_seed(0)
+    model = tiny()
+    inputs = mixed_inputs()
+    out = model(inputs)
+    assert {k: tuple(v.shape) for k, v in out.items()} == {
+        "pneumoniamnist": (1, 1), "retinamnist": (1, 4), "adrenalmnist3d": (2, 1), "chestmnist": (1, 14)
+    }
+    sum(v.sum() for v in out.values()).backward()
+    assert model.input_adapt.patch_2d.weight.grad.abs().sum() > 0
+    assert model.input_adapt.patch_3d.weight.grad.abs().sum() > 0
+    assert model.encode(inputs).shape == (5, 128)
+
+
+def test_sample_output_does_not_depend_on_batch_composition():
+    torch.manual_seed(0)
+    model = tiny().eval()
+    inputs = mixed_inputs()
+    together = model.encode(inputs)
+    for row in range(len(inputs)):
+        alone = model.encode(inputs.select(torch.tensor([row])))
+        torch.testing.assert_close(alone[0], together[row], atol=1e-5, rtol=1e-5)
+
+
+def test_domain_latents_change_the_representation():
+    torch.manual_seed(0)
+    model = tiny().eval()
+    img = torch.rand(1, 28, 28)
+    a = model.encode(make_inputs([img], ["pneumoniamnist"]))
+    b = model.encode(make_inputs([img], ["pneumoniamnist"], modality=["ct"], body_part=["abdomen"]))
+    assert not torch.allclose(a, b)
+
+
+def test_adding_a_dataset_adds_latents_and_head_only():
+    torch.manual_seed(0)
+    model = tiny()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    backbone = set(model.backbone_parameter_names())
+    new = synthetic_info("toy_mri_knee", "3d", "multi-class", 6, 1, modality="mri", body_part="knee")
+    model.add_dataset(new)
+    after = dict(model.named_parameters())
+    added = set(after) - set(before)
+    assert added == {
+        "input_adapt.modality_latents.mri", "input_adapt.body_part_latents.knee",
+        "output_adapt.task_latents.toy_mri_knee", "output_adapt.heads.toy_mri_knee.weight",
+        "output_adapt.heads.toy_mri_knee.bias",
+    }
+    assert set(model.backbone_parameter_names()) == backbone
+    for n in before:
+        assert torch.equal(before[n], after[n])
+    out = model(make_inputs([torch.rand(1, 28, 28, 28)], ["toy_mri_knee"]))
+    assert out["toy_mri_knee"].shape == (1, 6)
+
+
+def test_unknown_domain_latent_gives_clear_error():
+    model = tiny()
+    with pytest.raises(KeyError, match="no modality latent"):
+        model(make_inputs([torch.rand(1, 28, 28)], ["pneumoniamnist"], modality=["pet"]))
+
+
+def test_other_input_sizes_interpolate_position_embeddings():
+    model = tiny().eval()
+    out = model(make_inputs([torch.rand(1, 64, 64), torch.rand(1, 64, 64, 64)], ["pneumoniamnist", "adrenalmnist3d"]))
+    assert set(out) == {"pneumoniamnist", "adrenalmnist3d"}
+
+
+def test_every_medmnist_dataset_has_a_head_of_the_right_width():
+    model = Medformer(medformer_config("medformer_small", depth=1), list(MEDMNIST.values()))
+    for flag, info in MEDMNIST.items():
+        expected = {"binary-class": 1, "ordinal-regression": info.n_classes - 1}.get(info.task, info.n_classes)
+        assert model.output_adapt.heads[flag].out_features == expected
+
+
+def test_thesis_sizes():
+    small, large = medformer_config("medformer_small"), medformer_config("medformer_large")
+    assert (small.hidden_dim, small.depth, small.heads, small.mlp_ratio, small.patch_size, small.latent_dim, small.num_latent_tokens) == (128, 4, 4, 2.0, 4, 64, 32)
+    assert (large.hidden_dim, large.depth, large.heads, large.mlp_ratio, large.patch_size, large.latent_dim, large.num_latent_tokens) == (512, 6, 8, 4.0, 16, 256, 512)
+    n_small = count_parameters(Medformer(small, [dataset_info("pneumoniamnist")]))
+    assert 0.5e6 < n_small < 1.5e6
+
+
+def test_real_batches_train_forward_backward(shared_root):
+    from medformer.data.medmnist import MedMNISTDataset
+
+    torch.manual_seed(0)
+    model = tiny()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for flag in ("pneumoniamnist", "adrenalmnist3d"):
+        ds = MedMNISTDataset(flag, "train", root=shared_root)
+        items = [ds[i] for i in range(16)]
+        inputs = make_inputs([it["image"] for it in items], [flag] * 16)
+        y = torch.stack([it["label"] for it in items]).float()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(inputs)[flag].reshape(-1), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        assert np.isfinite(loss.item())
