@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -32,14 +31,10 @@ def save_weights(model: nn.Module, path: str | Path, metadata: dict | None = Non
     os.replace(tmp, path)
 
 
-def atomic_dir(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Run write(tmp_dir) then swap tmp_dir into place of `path`."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+def swap_dir(tmp: str | Path, path: str | Path) -> None:
+    """Replace folder `path` by the fully written folder `tmp` (old one removed after)."""
+    tmp, path = Path(tmp), Path(path)
     old = path.with_name(path.name + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write(tmp)
     shutil.rmtree(old, ignore_errors=True)
     if path.exists():
         os.replace(path, old)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import resource
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,9 +22,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..config import TrainConfig
-from .checkpoint import atomic_dir, save_weights
+from .checkpoint import save_weights, swap_dir
 
 STATE_FILE = "trainer_state.json"
+SCHEDULER_FILE = "scheduler.pt"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -36,6 +38,7 @@ def make_accelerator(train: TrainConfig, output_dir: str | Path, log: bool = Tru
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() else "no"
     return Accelerator(
+        cpu=not torch.cuda.is_available(),  # without it torchrun on CPU is not seen as MULTI_CPU
         mixed_precision=precision,
         gradient_accumulation_steps=train.grad_accum,
         log_with="tensorboard" if log else None,
@@ -129,8 +132,7 @@ class Trainer:
         warmup = int(train.warmup_epochs * steps_per_epoch)
         optimizer, scheduler = build_optimizer(objective, train, self.total_steps, min(warmup, self.total_steps // 2))
         self.objective, self.optimizer, self.train_loader = self.acc.prepare(objective, optimizer, train_loader)
-        self.scheduler = scheduler
-        self.acc.register_for_checkpointing(scheduler)
+        self.scheduler = scheduler  # saved by us, not register_for_checkpointing (that one unpickles)
         self.state = TrainerState()
         self.history: list[dict] = []
         if self.acc.is_main_process:
@@ -149,27 +151,20 @@ class Trainer:
 
     # -- checkpoints ------------------------------------------------------------------------------
     def save_last(self) -> None:
-        """Accelerate state + trainer state, swapped in atomically."""
+        """Accelerate state + scheduler + trainer state into last.tmp, then swapped in by rank 0."""
+        tmp = self.last_dir.with_name("last.tmp")
+        if self.acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
         self.acc.wait_for_everyone()
-
-        def write(tmp: Path) -> None:
-            self.acc.save_state(str(tmp), safe_serialization=True)
-            if self.acc.is_main_process:
-                (tmp / STATE_FILE).write_text(json.dumps(self.state.__dict__))
-                (tmp / "history.json").write_text(json.dumps(self.history))
-
-        if self.acc.num_processes == 1:
-            atomic_dir(self.last_dir, write)
-        else:  # every rank writes its RNG file into the same tmp folder; rank 0 swaps it in
-            tmp = self.last_dir.with_name("last.tmp")
-            if self.acc.is_main_process:
-                import shutil
-                shutil.rmtree(tmp, ignore_errors=True)
-            self.acc.wait_for_everyone()
-            write(tmp)
-            self.acc.wait_for_everyone()
-            if self.acc.is_main_process:
-                atomic_dir(self.last_dir, lambda t: _move_contents(tmp, t))
+        self.acc.save_state(str(tmp), safe_serialization=True)
+        if self.acc.is_main_process:
+            torch.save(self.scheduler.state_dict(), tmp / SCHEDULER_FILE)
+            (tmp / "history.json").write_text(json.dumps(self.history))
+            (tmp / STATE_FILE).write_text(json.dumps(self.state.__dict__))  # written last: marks it complete
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            swap_dir(tmp, self.last_dir)
         self.acc.wait_for_everyone()
 
     def resume(self, run_dir: str | Path) -> None:
@@ -177,6 +172,7 @@ class Trainer:
         if not (last / STATE_FILE).is_file():
             raise FileNotFoundError(f"nothing to resume: {last / STATE_FILE} does not exist")
         self.acc.load_state(str(last))
+        self.scheduler.load_state_dict(torch.load(last / SCHEDULER_FILE, weights_only=True))
         self.state = TrainerState(**json.loads((last / STATE_FILE).read_text()))
         history = last / "history.json"
         self.history = json.loads(history.read_text()) if history.is_file() else []
@@ -316,14 +312,6 @@ def _batch_size(batch: dict) -> int:
     if "index" in batch:
         return len(batch["index"])
     return 0
-
-
-def _move_contents(src: Path, dst: Path) -> None:
-    import shutil
-
-    for item in src.iterdir():
-        shutil.move(str(item), dst / item.name)
-    shutil.rmtree(src, ignore_errors=True)
 
 
 def _flat_hparams(tree: dict, prefix: str = "") -> dict:

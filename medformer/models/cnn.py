@@ -1,0 +1,83 @@
+"""CNN baselines with the Medformer interface: timm 2D encoders, a 3D ResNet for volumes.
+
+`encode(inputs) -> [B, D]` and `forward(inputs) -> {task: logits}` match Medformer, so the
+engine, probes and clustering treat both alike.
+"""
+
+from __future__ import annotations
+
+import timm
+import torch
+from torch import nn
+from torchvision.models.video import r3d_18
+
+from ..data.batch import Inputs
+from ..data.domains import DatasetInfo
+from .heads import head_width
+
+
+def resnet3d18(in_chans: int = 1) -> nn.Module:
+    """torchvision's R3D-18 with a 1-channel stem and no classifier (512-d features)."""
+    net = r3d_18(weights=None)
+    net.stem[0] = nn.Conv3d(in_chans, 64, kernel_size=(3, 7, 7), stride=(1, 2, 2), padding=(1, 3, 3), bias=False)
+    net.fc = nn.Identity()
+    return net
+
+
+class CNNModel(nn.Module):
+    """A timm CNN for 2D samples (and R3D-18 for 3D ones) with one linear head per task."""
+
+    def __init__(
+        self, name: str, datasets: list[DatasetInfo], pretrained: bool = False,
+        drop_rate: float = 0.0, pretrained_file: str | None = None,
+    ):
+        super().__init__()
+        dims = {d.dim for d in datasets} or {"2d"}
+        overlay = {"file": pretrained_file} if pretrained_file else None
+        try:
+            self.encoder_2d = timm.create_model(
+                name, pretrained=pretrained or bool(pretrained_file), num_classes=0, in_chans=3,
+                drop_rate=drop_rate, pretrained_cfg_overlay=overlay,
+            ) if "2d" in dims else None
+        except RuntimeError as e:
+            if "Unknown model" in str(e):
+                raise ValueError(f"unknown model.name {name!r}: use medformer_small, medformer_large or a timm CNN (e.g. resnet18)") from None
+            raise
+        self.embed_dim = self.encoder_2d.num_features if self.encoder_2d is not None else 512
+        self.encoder_3d = resnet3d18() if "3d" in dims else None
+        self.proj_3d = nn.Linear(512, self.embed_dim) if self.encoder_3d is not None and self.embed_dim != 512 else nn.Identity()
+        self.heads = nn.ModuleDict()
+        for info in datasets:
+            self.add_dataset(info)
+
+    def add_dataset(self, info: DatasetInfo, task: str | None = None) -> None:
+        self.add_task(task or info.flag, head_width(info.task, info.n_classes))
+
+    def add_task(self, name: str, n_outputs: int) -> None:
+        if name not in self.heads:
+            self.heads[name] = nn.Linear(self.embed_dim, n_outputs)
+
+    def encode(self, inputs: Inputs) -> torch.Tensor:
+        out = None
+        for images, rows in inputs.groups:
+            if images.ndim == 4:
+                if self.encoder_2d is None:
+                    raise ValueError("this CNN was built without a 2D encoder; add a 2D dataset when creating it")
+                feats = self.encoder_2d(images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images)
+            else:
+                if self.encoder_3d is None:
+                    raise ValueError("this CNN was built without a 3D encoder; add a 3D dataset when creating it")
+                feats = self.proj_3d(self.encoder_3d(images))
+            if out is None:
+                out = feats.new_zeros(len(inputs), feats.shape[1])
+            out = out.index_copy(0, rows, feats)
+        return out
+
+    def forward(self, inputs: Inputs) -> dict[str, torch.Tensor]:
+        feats = self.encode(inputs)
+        out = {}
+        for task in dict.fromkeys(inputs.task):
+            if task not in self.heads:
+                raise KeyError(f"model has no head for task {task!r}; heads: {sorted(self.heads)}")
+            out[task] = self.heads[task](feats[inputs.rows_of_task(task).to(feats.device)])
+        return out
