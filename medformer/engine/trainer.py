@@ -106,7 +106,9 @@ class TrainerState:
 
 
 class Trainer:
-    """Owns the loop; `evaluate(model) -> {task: metrics}` and `on_step_end(step, total)` are hooks."""
+    """Owns the loop. Hooks: `evaluate(model) -> {task: metrics}` each epoch, the objective's
+    `on_step_end(step, total_steps)` (momentum updates), `step_callback(step, objective)` (monitors),
+    `export(model, output_dir)` each epoch on rank 0."""
 
     def __init__(
         self,
@@ -119,6 +121,7 @@ class Trainer:
         evaluate: Callable[[nn.Module], dict[str, dict[str, float]]] | None = None,
         export: Callable[[nn.Module, Path], None] | None = None,
         run_config: dict | None = None,
+        step_callback: Callable[[int, nn.Module], dict[str, float] | None] | None = None,
     ):
         self.cfg = train
         self.acc = accelerator
@@ -126,6 +129,7 @@ class Trainer:
         self.loss_weights = loss_weights or {}
         self.evaluate_fn = evaluate
         self.export_fn = export
+        self.step_callback = step_callback  # (step, unwrapped objective) -> scalars to log, on every rank
         steps_per_epoch = math.ceil(len(train_loader) / max(1, self.acc.num_processes) / train.grad_accum)
         total = train.epochs * steps_per_epoch
         self.total_steps = min(total, train.max_steps) if train.max_steps else total
@@ -234,6 +238,10 @@ class Trainer:
                 st.step += 1
                 if log_step is not None:
                     log_step(st.step, self.total_steps)
+                if self.step_callback is not None:
+                    extra = self.step_callback(st.step, self.acc.unwrap_model(self.objective))
+                    if extra:
+                        self.acc.log(extra, step=st.step)
                 bar.update(1)
                 if st.step % cfg.log_every == 0 or st.step == 1:
                     logs["lr"] = self.scheduler.get_last_lr()[0]
