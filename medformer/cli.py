@@ -14,7 +14,7 @@ def parse_run_args(argv: list[str] | None, prog: str) -> tuple[str | None, list[
     parser = argparse.ArgumentParser(prog=prog, description=f"medformer {prog}: --config FILE [key=value ...]")
     parser.add_argument("--config", help="YAML config file (configs/...)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.epochs=5")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     return args.config, args.overrides
 
 
@@ -42,7 +42,7 @@ def run_entry(schema: type, run: Callable, argv: list[str] | None, prog: str) ->
 def main(argv: list[str] | None = None) -> int:
     """`medformer <command> ...` dispatcher."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"finetune": "finetune.__main__", "pretrain": "pretrain.__main__"}
+    commands = {"finetune": "finetune.__main__", "pretrain": "pretrain.__main__", "pseudolabel": "medformer.pseudolabels.__main__"}
     if not argv or argv[0] not in commands:
         print(f"usage: medformer {{{','.join(commands)}}} --config FILE [key=value ...]", file=sys.stderr)
         return 2

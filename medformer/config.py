@@ -67,6 +67,7 @@ class TrainConfig:
     mixed_precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | no | bf16 | fp16
     log_every: int = 10
     max_steps: int | None = None  # optimizer steps; stops early (budgets, tests)
+    max_minutes: float | None = None  # training-time budget (not deterministic: benchmarks only)
     checkpoint_every: int = 0  # extra checkpoint every N optimizer steps (0: epoch ends only)
     early_stopping: int = 0  # patience in epochs on the val metric (0: off)
     monitor: str = "auc"  # val metric for best checkpoint and early stopping

@@ -247,7 +247,10 @@ class Trainer:
                     logs["lr"] = self.scheduler.get_last_lr()[0]
                     self.acc.log(logs, step=st.step)
                     bar.set_postfix(loss=f"{logs['loss/total']:.4f}")
-                if st.step >= self.total_steps:
+                out_of_time = cfg.max_minutes is not None and (
+                    st.train_seconds + time.perf_counter() - t0 >= 60 * cfg.max_minutes
+                )
+                if st.step >= self.total_steps or out_of_time:
                     stop = True
                     break
                 if cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0:

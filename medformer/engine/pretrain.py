@@ -1,0 +1,247 @@
+"""A self-supervised pretraining run: config -> multi-view data -> model -> SSL objective -> engine.
+
+Writes into output_dir: config.yaml, TensorBoard logs, checkpoints (Trainer), and after every
+epoch (and so at the end) `encoder.safetensors` (the encoder model's state_dict, domain latents
+included; `finetune init=<output_dir>` loads it) with `model_card.md` / `model_card.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import platform
+import time
+from collections import deque
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+
+from ..config import DataConfig, save_config, to_dict
+from ..data.batch import collate
+from ..data.domains import MULTI_LABEL, dataset_info
+from ..data.loaders import SeededTransform, medmnist_split, train_dataset, train_loader
+from ..data.transforms import MultiViewTransform, eval_transform
+from ..eval.probe import extract_features, knn_eval
+from ..models.factory import create_model
+from ..objectives.ssl import SSL_METHODS, CollapseDetector, SSLObjective, build_ssl_objective
+from ..objectives.ssl_config import MonitorConfig, PretrainConfig
+from .checkpoint import save_weights
+from .trainer import Trainer, make_accelerator
+
+logger = logging.getLogger(__name__)
+
+ENCODER_FILE = "encoder.safetensors"
+
+
+class KnnProbe:
+    """Online kNN of the current encoder: a labeled train subset as bank, val samples as queries."""
+
+    def __init__(self, data: DataConfig, monitor: MonitorConfig, batch_size: int):
+        self.flag = monitor.knn_dataset or data.datasets[0]
+        self.info = dataset_info(self.flag)
+        self.monitor = monitor
+        self.bank = self._loader(medmnist_split(data, self.flag, "train"), monitor.knn_bank_size, batch_size)
+        self.queries = self._loader(medmnist_split(data, self.flag, "val"), monitor.knn_max_queries, batch_size)
+
+    @staticmethod
+    def _loader(ds, limit: int, batch_size: int) -> DataLoader:
+        if limit and len(ds) > limit:
+            ds = ds.subset(np.linspace(0, len(ds) - 1, limit).round().astype(np.int64))  # spread, deterministic
+        return DataLoader(SeededTransform(ds, eval_transform(), 0), batch_size=batch_size, collate_fn=collate)
+
+    def __call__(self, model: torch.nn.Module) -> dict[str, float]:
+        x_bank, y_bank = extract_features(model, self.bank)
+        x_query, y_query = extract_features(model, self.queries)
+        n_classes = None if self.info.task == MULTI_LABEL else self.info.n_classes
+        metrics = knn_eval(x_bank, y_bank, x_query, y_query, self.info.task, self.monitor.knn_k,
+                           self.monitor.knn_temperature, n_classes)
+        return {f"knn/{self.flag}/{k}": v for k, v in metrics.items() if k in ("auc", "acc")}
+
+
+class PretrainMonitor:
+    """The Trainer's step callback: loss window, collapse detector, online kNN, time budget.
+
+    Collapse statistics and kNN run on the main process (every rank calls this). The time budget
+    (`ssl.max_minutes`) is decided on the main process and broadcast, so all processes stop at the
+    same step; it stops the Trainer by lowering its `total_steps` to the current step, which ends
+    the epoch normally (export, checkpoint).
+    """
+
+    def __init__(self, cfg: PretrainConfig, accelerator: Accelerator, knn: KnnProbe | None = None):
+        self.cfg = cfg
+        self.acc = accelerator
+        self.knn = knn
+        self.detector = CollapseDetector(cfg.monitor.collapse_std, cfg.monitor.collapse_rank)
+        self.window: deque[dict[str, float]] = deque(maxlen=max(1, cfg.monitor.every))
+        self.embedding: dict[str, float] = {}
+        self.knn_metrics: dict[str, float] = {}
+        self.trainer: Trainer | None = None
+        self.stopped_by_time = False
+        self._start: float | None = None
+        self._seconds_before = 0.0
+
+    def start(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+        self._seconds_before = trainer.state.train_seconds
+        self._start = time.perf_counter()
+
+    @property
+    def train_minutes(self) -> float:
+        started = self._start if self._start is not None else time.perf_counter()
+        return (self._seconds_before + time.perf_counter() - started) / 60
+
+    def recent_losses(self) -> dict[str, float]:
+        """Mean of each loss term over the last `monitor.every` steps (main process's values)."""
+        keys = {k for entry in self.window for k in entry}
+        return {k: float(np.mean([e[k] for e in self.window if k in e])) for k in sorted(keys)}
+
+    def __call__(self, step: int, objective: SSLObjective) -> dict[str, float] | None:
+        logs: dict[str, float] = {}
+        self.window.append({k: float(v) for k, v in objective.last_losses.items()})
+        if self.acc.is_main_process:
+            if objective.last_embeddings is not None and (step % self.cfg.monitor.every == 0 or step == 1):
+                self.embedding = self.detector(objective.last_embeddings, step)
+                logs.update(self.embedding)
+            every = self.cfg.monitor.knn_every
+            if self.knn is not None and every and step % every == 0:
+                self.knn_metrics = self.knn(objective.model)
+                logs.update(self.knn_metrics)
+        self._check_time(step)
+        return logs or None
+
+    def _check_time(self, step: int) -> None:
+        budget = self.cfg.ssl.max_minutes
+        if budget is None or self.trainer is None:
+            return
+        stop = torch.tensor([float(self.train_minutes >= budget)], device=self.acc.device)
+        if self.acc.num_processes > 1:
+            stop = self.acc.reduce(stop * float(self.acc.is_main_process), "sum")  # main decides
+        if stop.item() > 0:
+            self.stopped_by_time = True
+            self.trainer.total_steps = step
+
+
+def model_card(cfg: PretrainConfig, trainer: Trainer, monitor: PretrainMonitor, n_samples: dict[str, int]) -> dict:
+    st = trainer.state
+    return {
+        "kind": "medformer SSL encoder",
+        "method": cfg.ssl.method,
+        "weights": ENCODER_FILE,
+        "model": {"name": cfg.model.name, "overrides": cfg.model.overrides,
+                  "embed_dim": int(getattr(trainer.model, "embed_dim", 0))},
+        "datasets": {flag: {"dim": dataset_info(flag).dim, "train_images": n} for flag, n in n_samples.items()},
+        "image_size": cfg.data.size,
+        "steps": st.step,
+        "epochs_completed": st.epoch,
+        "samples_seen": st.samples_seen,
+        "train_seconds": round(st.train_seconds, 1),
+        "samples_per_second": round(st.samples_seen / st.train_seconds, 1) if st.train_seconds else None,
+        "stopped_by_time_budget": monitor.stopped_by_time,
+        "final_loss": monitor.recent_losses(),
+        "embedding": monitor.embedding,
+        "knn": monitor.knn_metrics,
+        "num_processes": trainer.acc.num_processes,
+        "device": str(trainer.acc.device),
+        "torch": torch.__version__,
+        "host": platform.node(),
+        "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "use": "finetune ... init=<this folder> (loads encoder.safetensors)",
+        "config": to_dict(cfg),
+    }
+
+
+def card_markdown(card: dict) -> str:
+    lines = [
+        f"# medformer encoder: {card['method']} on {', '.join(card['datasets'])}",
+        "",
+        f"- model: `{card['model']['name']}` {card['model']['overrides'] or ''} (embedding dim {card['model']['embed_dim']})",
+        f"- weights: `{card['weights']}` (state_dict of the encoder model, domain latents included)",
+        f"- training: {card['steps']} steps, {card['samples_seen']} samples seen, {card['train_seconds']} s "
+        f"({card['samples_per_second']} img/s) on {card['num_processes']} x {card['device']}, torch {card['torch']}"
+        + (" (stopped by the time budget)" if card["stopped_by_time_budget"] else ""),
+        "",
+        "| dataset | dim | train images |",
+        "|---|---|---|",
+        *[f"| {flag} | {d['dim']} | {d['train_images']} |" for flag, d in card["datasets"].items()],
+        "",
+        "Final loss terms (mean of the last steps): "
+        + (", ".join(f"`{k}` {v:.4f}" for k, v in card["final_loss"].items()) or "n/a"),
+        "",
+        "Embedding health: " + (", ".join(f"{k} {v:.4g}" for k, v in card["embedding"].items()) or "n/a"),
+        "",
+        "Online kNN: " + (", ".join(f"{k} {v:.4f}" for k, v in card["knn"].items()) or "n/a"),
+        "",
+        f"Use: {card['use']}. Full config in model_card.json.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=float))
+    tmp.replace(path)
+
+
+def run_pretrain(cfg: PretrainConfig) -> dict:
+    """Pretrain, exporting the encoder each epoch; returns the content of metrics.json."""
+    out = Path(cfg.output_dir)
+    if cfg.ssl.method not in SSL_METHODS:
+        raise ValueError(f"unknown ssl.method {cfg.ssl.method!r}; choose from {', '.join(sorted(SSL_METHODS))}")
+    if cfg.views.n_views < 2:
+        raise ValueError(f"views.n_views must be >= 2 for SSL, got {cfg.views.n_views}")
+    infos = [dataset_info(f) for f in cfg.data.datasets]  # unknown flags fail before any output
+    if cfg.resume and Path(cfg.resume).resolve() != out.resolve():
+        raise ValueError(f"resume={cfg.resume} must equal output_dir={cfg.output_dir} (a run continues in place)")
+    if cfg.data.label_fraction < 1.0:
+        logger.warning("pretraining ignores data.label_fraction=%s: all train images are used unlabeled",
+                       cfg.data.label_fraction)
+    data = dataclasses.replace(cfg.data, label_fraction=1.0)
+    accelerator = make_accelerator(cfg.train, out)
+    set_seed(cfg.seed)
+    dataset = train_dataset(data, lambda dim: MultiViewTransform(cfg.views, dim), cfg.seed)
+    n_samples = {flag: len(part) for flag, part in zip(data.datasets, dataset.datasets)}
+    loader = train_loader(dataset, cfg.train.batch_size, data.num_workers, cfg.seed)
+    model = create_model(cfg.model, infos, data.size)
+    objective = build_ssl_objective(cfg.ssl.method, model, cfg.ssl)
+    knn = None
+    if cfg.monitor.knn_every and accelerator.is_main_process:
+        knn = KnnProbe(data, cfg.monitor, cfg.train.batch_size)
+    monitor = PretrainMonitor(cfg, accelerator, knn)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+
+    def export(encoder: torch.nn.Module, output_dir: Path) -> None:
+        card = model_card(cfg, trainer, monitor, n_samples)
+        save_weights(encoder, Path(output_dir) / ENCODER_FILE, {"method": cfg.ssl.method, "step": trainer.state.step})
+        _write_json(Path(output_dir) / "model_card.json", card)
+        (Path(output_dir) / "model_card.md").write_text(card_markdown(card))
+
+    trainer = Trainer(
+        cfg.train, objective, loader, out, accelerator, loss_weights=cfg.loss_weights, export=export,
+        run_config=to_dict(cfg), step_callback=monitor,
+    )
+    if cfg.resume:
+        trainer.resume(cfg.resume)
+    monitor.start(trainer)
+    trainer.fit()
+    metrics = {
+        "method": cfg.ssl.method,
+        "steps": trainer.state.step,
+        "final_loss": monitor.recent_losses(),
+        "embedding": monitor.embedding,
+        "knn": monitor.knn_metrics,
+    }
+    if accelerator.is_main_process:
+        _write_json(out / "metrics.json", metrics)
+        _write_json(out / "train_stats.json", {**trainer.stats(), "history": trainer.history,
+                                               "stopped_by_time_budget": monitor.stopped_by_time})
+    trainer.close()
+    return metrics
