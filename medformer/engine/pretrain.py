@@ -80,6 +80,8 @@ class PretrainMonitor:
         self.detector = CollapseDetector(cfg.monitor.collapse_std, cfg.monitor.collapse_rank)
         self.window: deque[dict[str, float]] = deque(maxlen=max(1, cfg.monitor.every))
         self.embedding: dict[str, float] = {}
+        self.embedding_step = -1
+        self.objective: SSLObjective | None = None
         self.knn_metrics: dict[str, float] = {}
         self.trainer: Trainer | None = None
         self.stopped_by_time = False
@@ -101,13 +103,20 @@ class PretrainMonitor:
         keys = {k for entry in self.window for k in entry}
         return {k: float(np.mean([e[k] for e in self.window if k in e])) for k in sorted(keys)}
 
+    def update_embedding(self, step: int) -> dict[str, float]:
+        """Collapse statistics of the last batch's embeddings (main process), once per step."""
+        if self.objective is not None and self.objective.last_embeddings is not None and step != self.embedding_step:
+            self.embedding = self.detector(self.objective.last_embeddings, step)
+            self.embedding_step = step
+        return self.embedding
+
     def __call__(self, step: int, objective: SSLObjective) -> dict[str, float] | None:
         logs: dict[str, float] = {}
+        self.objective = objective
         self.window.append({k: float(v) for k, v in objective.last_losses.items()})
         if self.acc.is_main_process:
-            if objective.last_embeddings is not None and (step % self.cfg.monitor.every == 0 or step == 1):
-                self.embedding = self.detector(objective.last_embeddings, step)
-                logs.update(self.embedding)
+            if step % self.cfg.monitor.every == 0 or step == 1:
+                logs.update(self.update_embedding(step))
             every = self.cfg.monitor.knn_every
             if self.knn is not None and every and step % every == 0:
                 self.knn_metrics = self.knn(objective.model)
@@ -144,7 +153,7 @@ def model_card(cfg: PretrainConfig, trainer: Trainer, monitor: PretrainMonitor, 
         "samples_per_second": round(st.samples_seen / st.train_seconds, 1) if st.train_seconds else None,
         "stopped_by_time_budget": monitor.stopped_by_time,
         "final_loss": monitor.recent_losses(),
-        "embedding": monitor.embedding,
+        "embedding": monitor.update_embedding(st.step),
         "knn": monitor.knn_metrics,
         "num_processes": trainer.acc.num_processes,
         "device": str(trainer.acc.device),
@@ -206,7 +215,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     accelerator = make_accelerator(cfg.train, out)
     set_seed(cfg.seed)
     dataset = train_dataset(data, lambda dim: MultiViewTransform(cfg.views, dim), cfg.seed)
-    n_samples = {flag: len(part) for flag, part in zip(data.datasets, dataset.datasets)}
+    n_samples = {flag: len(part) for flag, part in zip(data.datasets, dataset.datasets, strict=True)}
     loader = train_loader(dataset, cfg.train.batch_size, data.num_workers, cfg.seed)
     model = create_model(cfg.model, infos, data.size)
     objective = build_ssl_objective(cfg.ssl.method, model, cfg.ssl)

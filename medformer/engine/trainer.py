@@ -63,21 +63,32 @@ def lr_lambda(schedule: str, total_steps: int, warmup_steps: int) -> Callable[[i
     return fn
 
 
-def build_optimizer(module: nn.Module, train: TrainConfig, total_steps: int, warmup_steps: int):
-    """AdamW without weight decay on norms, biases, latents and position embeddings."""
-    decay, no_decay = [], []
+def build_optimizer(
+    module: nn.Module, train: TrainConfig, total_steps: int, warmup_steps: int,
+    lr_scale: Callable[[str], float] | None = None,
+):
+    """AdamW without weight decay on norms, biases, latents and position embeddings.
+
+    `lr_scale(name) -> factor` (optional) gives parameters their own LR (layer-wise decay): one
+    group per (weight decay, factor), largest factor first.
+    """
+    groups: dict[tuple[bool, float], list] = {}
     for name, p in module.named_parameters():
         if not p.requires_grad:
             continue
         flat = p.ndim <= 1 or "latent" in name or "pos_" in name
-        (no_decay if flat else decay).append(p)
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=train.lr,
-    )
+        scale = float(lr_scale(name)) if lr_scale is not None else 1.0
+        groups.setdefault((flat, scale), []).append(p)
+    param_groups = [
+        {"params": params, "weight_decay": 0.0 if flat else train.weight_decay, "lr": train.lr * scale, "lr_scale": scale}
+        for (flat, scale), params in sorted(groups.items(), key=lambda kv: (-kv[0][1], kv[0][0]))
+    ]
+    if not param_groups:
+        raise ValueError("no trainable parameters: every parameter is frozen")
+    optimizer = torch.optim.AdamW(param_groups, lr=train.lr)
     if train.schedule == "onecycle":
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=train.lr, total_steps=max(total_steps, 1),
+            optimizer, max_lr=[g["lr"] for g in param_groups], total_steps=max(total_steps, 1),
             pct_start=max(min(warmup_steps / max(total_steps, 1), 0.5), 0.01),
         )
     elif train.schedule in ("cosine", "constant"):
@@ -108,7 +119,8 @@ class TrainerState:
 class Trainer:
     """Owns the loop. Hooks: `evaluate(model) -> {task: metrics}` each epoch, the objective's
     `on_step_end(step, total_steps)` (momentum updates), `step_callback(step, objective)` (monitors),
-    `export(model, output_dir)` each epoch on rank 0."""
+    `export(model, output_dir)` each epoch on rank 0, `lr_scale(name)` per-parameter LR factors
+    (names as in objective.named_parameters())."""
 
     def __init__(
         self,
@@ -122,6 +134,7 @@ class Trainer:
         export: Callable[[nn.Module, Path], None] | None = None,
         run_config: dict | None = None,
         step_callback: Callable[[int, nn.Module], dict[str, float] | None] | None = None,
+        lr_scale: Callable[[str], float] | None = None,
     ):
         self.cfg = train
         self.acc = accelerator
@@ -134,7 +147,9 @@ class Trainer:
         total = train.epochs * steps_per_epoch
         self.total_steps = min(total, train.max_steps) if train.max_steps else total
         warmup = int(train.warmup_epochs * steps_per_epoch)
-        optimizer, scheduler = build_optimizer(objective, train, self.total_steps, min(warmup, self.total_steps // 2))
+        optimizer, scheduler = build_optimizer(
+            objective, train, self.total_steps, min(warmup, self.total_steps // 2), lr_scale
+        )
         self.objective, self.optimizer, self.train_loader = self.acc.prepare(objective, optimizer, train_loader)
         self.scheduler = scheduler  # saved by us, not register_for_checkpointing (that one unpickles)
         self.state = TrainerState()
@@ -202,6 +217,13 @@ class Trainer:
         out["loss/total"] = total.detach().float().item()
         return out
 
+    def _out_of_time(self, seconds: float) -> bool:
+        """Rank 0 decides and all ranks follow, so processes never stop at different steps."""
+        over = torch.tensor([float(seconds >= 60 * self.cfg.max_minutes and self.acc.is_main_process)], device=self.acc.device)
+        if self.acc.num_processes > 1:
+            over = self.acc.reduce(over, "sum")
+        return over.item() > 0
+
     def _check_finite(self, total: torch.Tensor, losses: dict) -> None:
         bad = (~torch.isfinite(total.detach())).float()
         if self.acc.num_processes > 1:
@@ -247,9 +269,7 @@ class Trainer:
                     logs["lr"] = self.scheduler.get_last_lr()[0]
                     self.acc.log(logs, step=st.step)
                     bar.set_postfix(loss=f"{logs['loss/total']:.4f}")
-                out_of_time = cfg.max_minutes is not None and (
-                    st.train_seconds + time.perf_counter() - t0 >= 60 * cfg.max_minutes
-                )
+                out_of_time = cfg.max_minutes is not None and self._out_of_time(st.train_seconds + time.perf_counter() - t0)
                 if st.step >= self.total_steps or out_of_time:
                     stop = True
                     break

@@ -1,0 +1,193 @@
+"""Frozen-encoder evaluation: features of `model.encode`, a linear probe and a weighted kNN.
+
+Scores come out in medmnist.Evaluator's layout (binary: P(y=1); multi-class/ordinal: class
+probabilities; multi-label: per-label probabilities) and go through `medmnist_metrics`, so AUC
+and ACC are the Evaluator's.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import nn
+
+from ..config import DataConfig, ModelConfig
+from ..data.domains import BINARY, MULTI_LABEL, dataset_info
+from .metrics import medmnist_metrics
+
+logger = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def extract_features(model: nn.Module, loader, device: torch.device | str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(features [N, D] float32, labels [N, L]) of `model.encode` over a single-task loader."""
+    was_training = model.training
+    model.eval()
+    if device is None:
+        device = next(model.parameters()).device
+    feats, labels = [], []
+    try:
+        for batch in loader:
+            feats.append(model.encode(batch["inputs"].to(device)).float().cpu())
+            (target,) = batch["targets"].values()
+            labels.append(target.reshape(len(target), -1).cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(feats).numpy(), torch.cat(labels).numpy()
+
+
+def _n_classes(task: str, labels: Sequence[np.ndarray], n_classes: int | None) -> int:
+    if task == MULTI_LABEL:
+        return labels[0].shape[1]
+    if n_classes is not None:
+        return n_classes
+    return int(max(np.max(y) for y in labels)) + 1
+
+
+def _to_evaluator_layout(class_scores: np.ndarray, task: str) -> np.ndarray:
+    """[N, K] class (or label) scores -> the Evaluator's layout (binary: P(y=1) [N])."""
+    return class_scores[:, 1] if task == BINARY else class_scores
+
+
+def linear_probe_scores(
+    train_feats: np.ndarray, train_labels: np.ndarray, test_feats: np.ndarray, task: str,
+    n_classes: int | None = None, C: float = 1.0, max_iter: int = 1000, test_labels: np.ndarray | None = None,
+) -> np.ndarray:
+    """Logistic regression on standardized features; scores of the test features.
+
+    Multi-class and ordinal: one multinomial model over the classes; binary: P(y=1); multi-label:
+    one-vs-rest, one binary model per label.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(train_feats)
+    x_train, x_test = scaler.transform(train_feats), scaler.transform(test_feats)
+    if task == MULTI_LABEL:
+        clf = OneVsRestClassifier(LogisticRegression(C=C, max_iter=max_iter)).fit(x_train, train_labels.astype(int))
+        return clf.predict_proba(x_test)
+    y = train_labels.reshape(-1).astype(int)
+    k = _n_classes(task, [y] if test_labels is None else [y, test_labels.reshape(-1)], n_classes)
+    clf = LogisticRegression(C=C, max_iter=max_iter).fit(x_train, y)
+    scores = np.zeros((len(x_test), k))
+    scores[:, clf.classes_] = clf.predict_proba(x_test)  # classes absent from train keep score 0
+    return _to_evaluator_layout(scores, task)
+
+
+def linear_probe(
+    train_feats: np.ndarray, train_labels: np.ndarray, test_feats: np.ndarray, test_labels: np.ndarray,
+    task: str, n_classes: int | None = None, C: float = 1.0, max_iter: int = 1000,
+) -> dict[str, float]:
+    """medmnist metrics (auc, acc, f1, balanced_acc, mcc) of a linear probe."""
+    scores = linear_probe_scores(train_feats, train_labels, test_feats, task, n_classes, C, max_iter, test_labels)
+    return medmnist_metrics(test_labels, scores, task)
+
+
+@torch.no_grad()
+def knn_scores(
+    train_feats: np.ndarray, train_labels: np.ndarray, test_feats: np.ndarray, task: str,
+    k: int = 20, temperature: float = 0.07, n_classes: int | None = None, chunk: int = 1024,
+    test_labels: np.ndarray | None = None,
+) -> np.ndarray:
+    """Cosine kNN with weights exp(sim / T) (Wu et al. 2018): class scores sum to 1 per query;
+    multi-label: weighted mean of each label of the neighbours."""
+    bank = F.normalize(torch.as_tensor(train_feats, dtype=torch.float32), dim=1)
+    queries = F.normalize(torch.as_tensor(test_feats, dtype=torch.float32), dim=1)
+    if task == MULTI_LABEL:
+        targets = torch.as_tensor(train_labels, dtype=torch.float32)
+    else:
+        y = torch.as_tensor(train_labels.reshape(-1).astype(np.int64))
+        labels = [train_labels.reshape(-1)] + ([] if test_labels is None else [test_labels.reshape(-1)])
+        targets = F.one_hot(y, _n_classes(task, labels, n_classes)).float()
+    k = min(k, len(bank))
+    out = []
+    for start in range(0, len(queries), chunk):
+        sim, idx = (queries[start:start + chunk] @ bank.T).topk(k, dim=1)
+        weights = (sim / temperature).softmax(dim=1)  # = exp(sim/T) / sum: numerically safe
+        out.append(torch.einsum("qk,qkc->qc", weights, targets[idx]))
+    return _to_evaluator_layout(torch.cat(out).numpy(), task)
+
+
+def knn_eval(
+    train_feats: np.ndarray, train_labels: np.ndarray, test_feats: np.ndarray, test_labels: np.ndarray,
+    task: str, k: int = 20, temperature: float = 0.07, n_classes: int | None = None,
+) -> dict[str, float]:
+    """medmnist metrics of the weighted kNN classifier."""
+    scores = knn_scores(train_feats, train_labels, test_feats, task, k, temperature, n_classes, test_labels=test_labels)
+    return medmnist_metrics(test_labels, scores, task)
+
+
+def _model_config_of(init: str) -> ModelConfig | None:
+    """The model section of a medformer run folder's config.yaml, if `init` is one."""
+    path = Path(init)
+    config = path / "config.yaml" if path.is_dir() else path.parent / "config.yaml"
+    if not config.is_file():
+        return None
+    section = (yaml.safe_load(config.read_text()) or {}).get("model")
+    return ModelConfig(**section) if isinstance(section, dict) else None
+
+
+def run_probe(
+    init: str,
+    datasets: Sequence[str],
+    root: str | None = None,
+    model_cfg: ModelConfig | None = None,
+    size: int = 28,
+    splits: Sequence[str] = ("val", "test"),
+    methods: Sequence[str] = ("linear", "knn"),
+    batch_size: int = 256,
+    max_train: int | None = None,
+    k: int = 20,
+    temperature: float = 0.07,
+    C: float = 1.0,
+    seed: int = 0,
+) -> dict:
+    """Linear probe and kNN of a frozen encoder on each dataset's train split, scored on `splits`.
+
+    `init`: "scratch" (random encoder: the baseline), or a checkpoint file / run folder (its
+    config.yaml supplies the model when `model_cfg` is None). Returns
+    {flag: {method: {split: metrics}}, "_init": {...load summary...}}.
+    """
+    from ..data.loaders import eval_loaders
+    from ..data.transforms import eval_transform
+    from ..engine.checkpoint import load_weights
+    from ..models.factory import create_model
+
+    infos = [dataset_info(f) for f in datasets]
+    model_cfg = model_cfg or (_model_config_of(init) if init != "scratch" else None) or ModelConfig()
+    torch.manual_seed(seed)
+    model = create_model(model_cfg, infos, size)
+    summary: dict = {"init": init, "model": model_cfg.name}
+    if init != "scratch":
+        report = load_weights(model, init)
+        summary.update({key: len(v) for key, v in report.items()})
+        logger.info("probe: loaded %s (%d tensors matched, %d missing)", init, len(report["matched"]), len(report["missing"]))
+    data = DataConfig(root=root, datasets=list(datasets), size=size, max_train_samples=max_train)
+    results: dict = {"_init": summary}
+    for info in infos:
+        feats = {
+            split: extract_features(model, eval_loaders(data, split, batch_size, eval_transform(), [info.flag])[info.flag])
+            for split in ("train", *splits)
+        }
+        (x_train, y_train) = feats["train"]
+        n_classes = None if info.task == MULTI_LABEL else info.n_classes
+        per_method: dict = {}
+        for method in methods:
+            per_method[method] = {}
+            for split in splits:
+                x, y = feats[split]
+                if method == "linear":
+                    per_method[method][split] = linear_probe(x_train, y_train, x, y, info.task, n_classes, C=C)
+                elif method == "knn":
+                    per_method[method][split] = knn_eval(x_train, y_train, x, y, info.task, k, temperature, n_classes)
+                else:
+                    raise ValueError(f"unknown probe method {method!r}; use linear and/or knn")
+        results[info.flag] = per_method
+    return results

@@ -1,0 +1,47 @@
+"""BYOL (Grill et al. 2020): online projector + predictor regress a momentum target."""
+
+from __future__ import annotations
+
+import torch
+from lightly.loss import NegativeCosineSimilarity
+from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
+from torch import Tensor, nn
+
+from ...data.batch import Inputs
+from ..ssl_config import SSLConfig
+from .base import MomentumObjective, fp32, register
+
+
+@register("byol")
+class BYOL(MomentumObjective):
+    """Symmetric negative cosine similarity; momentum cosine-scheduled (default 0.99 -> 1).
+
+    The loss is a mean over local rows and the target is computed without gradient, so the mean
+    over ranks is the global loss; projector/predictor BatchNorm is synced across processes."""
+
+    default_momentum = (0.99, 0.99)
+
+    def __init__(self, model: nn.Module, cfg: SSLConfig):
+        super().__init__(model, cfg)
+        hidden = self.pick(cfg.proj_hidden_dim, 1024, 4096)
+        out = self.pick(cfg.proj_output_dim, 256, 256)
+        self.projector = BYOLProjectionHead(self.embed_dim, hidden, out)
+        self.predictor = BYOLPredictionHead(out, self.pick(cfg.pred_hidden_dim, hidden, hidden), out)
+        self.model_momentum = self.add_momentum_twin(self.model)
+        self.projector_momentum = self.add_momentum_twin(self.projector)
+        self.criterion = NegativeCosineSimilarity()
+
+    def online(self, inputs: Inputs) -> tuple[Tensor, Tensor]:
+        h = self.encode(inputs)
+        return h, self.predictor(self.projector(h))
+
+    @torch.no_grad()
+    def target(self, inputs: Inputs) -> Tensor:
+        return self.projector_momentum(self.model_momentum.encode(inputs))
+
+    def losses(self, view0: Inputs, view1: Inputs) -> dict[str, Tensor]:
+        h0, p0 = self.online(view0)
+        _, p1 = self.online(view1)
+        self.remember(h0)
+        z0, z1 = self.target(view0), self.target(view1)
+        return {"ssl/neg_cosine": 0.5 * (fp32(self.criterion, p0, z1) + fp32(self.criterion, p1, z0))}

@@ -1,0 +1,31 @@
+"""SimCLR (Chen et al. 2020): NT-Xent over in-batch negatives from all processes."""
+
+from __future__ import annotations
+
+from lightly.loss import NTXentLoss
+from lightly.models.modules import SimCLRProjectionHead
+from torch import Tensor, nn
+
+from ...data.batch import Inputs
+from ..ssl_config import SSLConfig
+from .base import SSLObjective, fp32, register
+
+
+@register("simclr")
+class SimCLR(SSLObjective):
+    """Per rank the NT-Xent mean over its own rows with negatives gathered (with gradient) from
+    every process; the mean over ranks is the global-batch loss, so DDP gradients are exact."""
+
+    def __init__(self, model: nn.Module, cfg: SSLConfig):
+        super().__init__(model, cfg)
+        hidden = self.pick(cfg.proj_hidden_dim, 1024, 2048)
+        self.projector = SimCLRProjectionHead(
+            self.embed_dim, hidden, self.pick(cfg.proj_output_dim, 128, 256),
+            num_layers=self.pick(cfg.proj_layers, 2, 2),
+        )
+        self.criterion = NTXentLoss(temperature=self.pick(cfg.temperature, 0.2, 0.1), gather_distributed=True)
+
+    def losses(self, view0: Inputs, view1: Inputs) -> dict[str, Tensor]:
+        h0, h1 = self.encode(view0), self.encode(view1)
+        self.remember(h0)
+        return {"ssl/ntxent": fp32(self.criterion, self.projector(h0), self.projector(h1))}

@@ -1,0 +1,66 @@
+"""VICReg (Bardes et al. 2022) and the Medformer thesis variant with a cosine + MSE invariance."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from lightly.loss.vicreg_loss import covariance_loss, invariance_loss, variance_loss
+from lightly.models.modules.heads import VICRegProjectionHead
+from torch import Tensor, nn
+
+from ...data.batch import Inputs
+from ..ssl_config import SSLConfig
+from .base import SSLObjective, fp32, register
+from .dist import gather_with_grad
+
+
+@register("vicreg")
+class VICReg(SSLObjective):
+    """lightly's VICRegLoss(gather_distributed=True), returned as its three weighted terms.
+
+    Same computation as lightly's VICRegLoss.forward (its own invariance/variance/covariance
+    functions): invariance on local rows, variance and covariance on the embeddings gathered with
+    gradient. The terms are returned separately so each is logged; they sum to lightly's loss.
+    """
+
+    def __init__(self, model: nn.Module, cfg: SSLConfig):
+        super().__init__(model, cfg)
+        hidden = self.pick(cfg.proj_hidden_dim, 1024, 8192)
+        self.projector = VICRegProjectionHead(
+            self.embed_dim, hidden, self.pick(cfg.proj_output_dim, hidden, hidden),
+            num_layers=self.pick(cfg.proj_layers, 3, 3),
+        )
+        self.eps = 1e-4
+
+    def invariance(self, z0: Tensor, z1: Tensor) -> dict[str, Tensor]:
+        return {"ssl/invariance": self.cfg.vicreg_lambda * invariance_loss(z0, z1)}
+
+    def losses(self, view0: Inputs, view1: Inputs) -> dict[str, Tensor]:
+        h0, h1 = self.encode(view0), self.encode(view1)
+        self.remember(h0)
+        return fp32(self.terms, self.projector(h0), self.projector(h1))
+
+    def terms(self, z0: Tensor, z1: Tensor) -> dict[str, Tensor]:
+        terms = self.invariance(z0, z1)
+        z0, z1 = gather_with_grad(z0), gather_with_grad(z1)
+        variance = 0.5 * (variance_loss(z0, self.eps) + variance_loss(z1, self.eps))
+        terms["ssl/variance"] = self.cfg.vicreg_mu * variance
+        terms["ssl/covariance"] = self.cfg.vicreg_nu * (covariance_loss(z0) + covariance_loss(z1))
+        return terms
+
+
+@register("vicreg_thesis")
+class VICRegThesis(VICReg):
+    """VICReg whose invariance term is lambda * (w_cos * (1 - cos(z0, z1)) + w_mse * MSE(z0, z1)).
+
+    Written here because lightly's VICRegLoss hard-codes the invariance as F.mse_loss and has no
+    hook for another one; the variance and covariance terms reuse lightly's functions unchanged.
+    The cosine term ignores the embedding scale, the MSE term ties it; both are local-row means.
+    """
+
+    def invariance(self, z0: Tensor, z1: Tensor) -> dict[str, Tensor]:
+        lam = self.cfg.vicreg_lambda
+        cosine = (1 - F.cosine_similarity(z0, z1, dim=1)).mean()
+        return {
+            "ssl/invariance_cosine": lam * self.cfg.thesis_cosine_weight * cosine,
+            "ssl/invariance_mse": lam * self.cfg.thesis_mse_weight * invariance_loss(z0, z1),
+        }

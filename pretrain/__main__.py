@@ -1,0 +1,15 @@
+"""`accelerate launch -m pretrain --config configs/pretrain/<method>_small.yaml [key=value ...]`."""
+
+import sys
+
+from medformer.cli import run_entry
+from medformer.engine.pretrain import run_pretrain
+from medformer.objectives.ssl_config import PretrainConfig
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_entry(PretrainConfig, run_pretrain, argv, "pretrain")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

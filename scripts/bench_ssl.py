@@ -1,0 +1,236 @@
+"""SSL benchmark on CPU: every method pretrains medformer_small for the same time budget on the
+unlabeled train splits of four MedMNIST datasets, then linear probe / kNN per dataset vs the
+random-init encoder, and PneumoniaMNIST fine-tuning with 10% / 100% labels vs scratch.
+
+    python scripts/bench_ssl.py --minutes-per-method 2 --methods simclr vicreg
+
+Writes docs/results/ssl_benchmark.json and docs/results/ssl_benchmark.md (with the command, the
+machine, throughput per method and published numbers for the same datasets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from accelerate.state import AcceleratorState, GradientState
+
+from medformer.config import FinetuneConfig, load_config
+from medformer.engine.finetune import run_finetune
+from medformer.engine.pretrain import run_pretrain
+from medformer.eval.probe import run_probe
+from medformer.objectives.ssl import SSL_METHODS
+from medformer.objectives.ssl_config import PretrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+DATASETS = ["pneumoniamnist", "breastmnist", "retinamnist", "adrenalmnist3d"]
+PUBLISHED = REPO.parent / "shared" / "reference" / "published_baselines.csv"
+
+
+def reset_accelerate() -> None:
+    """Each run builds its own Accelerator; the singleton state must not leak between runs."""
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+def pretrain_config(method: str, root: str, out: Path, extra: list[str]) -> PretrainConfig:
+    return load_config(PretrainConfig, REPO / "configs" / "pretrain" / f"{method}_small.yaml", [
+        f"data.root={root}", f"data.datasets=[{','.join(DATASETS)}]", f"output_dir={out}",
+        "train.progress=false", "monitor.knn_every=0", *extra,
+    ])
+
+
+def seconds_per_step(method: str, root: str, extra: list[str]) -> float:
+    """Measured on a short run (6 steps, the first one excluded by the Trainer's own timer)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = pretrain_config(method, root, Path(tmp) / "calib", [*extra, "train.max_steps=6"])
+        run_pretrain(cfg)
+        reset_accelerate()
+        stats = json.loads((Path(tmp) / "calib" / "train_stats.json").read_text())
+    return stats["train_seconds"] / max(1, stats["steps"])
+
+
+def pretrain(method: str, root: str, out: Path, minutes: float, extra: list[str]) -> dict:
+    """Pretrain for `minutes`: the schedule is sized from a throughput calibration, and
+    ssl.max_minutes stops the run at the budget whatever the estimate."""
+    per_step = seconds_per_step(method, root, extra)
+    steps = max(10, int(0.97 * minutes * 60 / per_step))
+    cfg = pretrain_config(method, root, out, extra)
+    steps_per_epoch = sum(_train_sizes(root).values()) // cfg.train.batch_size
+    epochs = math.ceil(steps / steps_per_epoch)
+    cfg = pretrain_config(method, root, out, [
+        *extra, f"train.max_steps={steps}", f"train.epochs={epochs}", f"ssl.max_minutes={minutes}",
+        f"train.warmup_epochs={0.1 * steps / steps_per_epoch:.4f}",
+    ])
+    t0 = time.perf_counter()
+    metrics = run_pretrain(cfg)
+    reset_accelerate()
+    card = json.loads((out / "model_card.json").read_text())
+    return {
+        "planned_steps": steps, "steps": card["steps"], "samples_seen": card["samples_seen"],
+        "train_seconds": card["train_seconds"], "wall_seconds": round(time.perf_counter() - t0, 1),
+        "img_per_s": card["samples_per_second"], "stopped_by_time_budget": card["stopped_by_time_budget"],
+        "final_loss": metrics["final_loss"], "embedding": metrics["embedding"],
+        "lr": cfg.train.lr, "batch_size": cfg.train.batch_size,
+    }
+
+
+def _train_sizes(root: str) -> dict[str, int]:
+    import numpy as np
+
+    return {f: len(np.load(Path(root) / f"{f}.npz", mmap_mode="r")["train_labels"]) for f in DATASETS}
+
+
+def probe(init: str, root: str, max_train: int | None) -> dict:
+    res = run_probe(init, DATASETS, root=root, splits=("test",), max_train=max_train, batch_size=256)
+    out = {}
+    for flag in DATASETS:
+        out[flag] = {m: {k: res[flag][m]["test"][k] for k in ("auc", "acc")} for m in ("linear", "knn")}
+    return out
+
+
+def finetune(init: str, fraction: float, root: str, out: Path, steps: int) -> dict:
+    """Fine-tune on PneumoniaMNIST for the same number of steps at every label fraction (batch
+    shrinks for small fractions so an epoch keeps >= 8 steps); test metrics of the best-val epoch."""
+    n_labeled = round(fraction * _train_sizes(root)["pneumoniamnist"])
+    batch = max(8, min(128, n_labeled // 8))
+    epochs = math.ceil(steps / max(1, n_labeled // batch))
+    cfg = load_config(FinetuneConfig, REPO / "configs" / "finetune" / "pneumoniamnist_small.yaml", [
+        f"data.root={root}", f"data.label_fraction={fraction}", f"init={init}", f"output_dir={out}",
+        f"train.epochs={epochs}", f"train.max_steps={steps}", f"train.batch_size={batch}",
+        "train.progress=false", "train.warmup_epochs=0.3",
+    ])
+    t0 = time.perf_counter()
+    metrics = run_finetune(cfg)
+    reset_accelerate()
+    test = metrics["pneumoniamnist"]["test"]
+    return {"auc": test["auc"], "acc": test["acc"], "steps": steps, "epochs": epochs, "batch_size": batch,
+            "labeled": n_labeled, "wall_seconds": round(time.perf_counter() - t0, 1)}
+
+
+def published() -> list[dict]:
+    rows = [line for line in PUBLISHED.read_text().splitlines() if line and not line.startswith("#")]
+    return [r for r in csv.DictReader(rows) if r["dataset"] in DATASETS]
+
+
+def fmt(x: float | None) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
+
+
+def markdown(report: dict) -> str:
+    methods = list(report["pretrain"])
+    inits = ["random", *methods]
+    lines = [
+        "# SSL benchmark (CPU)",
+        "",
+        f"Command: `{report['command']}`",
+        "",
+        f"Machine: {report['machine']['cpu_count']} CPUs ({report['machine']['torch_threads']} torch threads), "
+        f"{report['machine']['platform']}, Python {report['machine']['python']}, torch {report['machine']['torch']}; "
+        f"written {report['written']}. Total wall time {report['wall_minutes']:.1f} min. Load average "
+        f"{report['machine'].get('load_average_start', 'n/a')} at the start, {report['machine'].get('load_average_end', 'n/a')} "
+        "at the end (other jobs on the same cores slow every timing down).",
+        "",
+        f"Each method: medformer_small pretrained for {report['minutes_per_method']} min of training on the unlabeled "
+        f"train splits of {', '.join(DATASETS)} (28 px; 2D and 3D mixed in each batch). Probes: frozen `encode()` "
+        f"features, train split{' (first ' + str(report['probe_max_train']) + ' per dataset)' if report['probe_max_train'] else ''} "
+        "-> test split; linear = logistic regression on standardized features, kNN = cosine, k=20, T=0.07. "
+        "AUC/ACC as medmnist.Evaluator. Small budgets: read as a smoke test of the pipeline, not as a ranking.",
+        "",
+        "## Pretraining",
+        "",
+        "| method | steps | samples seen | train s | samples/s (2 views each) | batch | lr | final loss terms | embedding std | eff. rank |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for m, r in report["pretrain"].items():
+        loss = ", ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in r["final_loss"].items())
+        lines.append(
+            f"| {m} | {r['steps']} | {r['samples_seen']} | {r['train_seconds']} | {r['img_per_s']} | {r['batch_size']} | "
+            f"{r['lr']} | {loss} | {fmt(r['embedding'].get('embedding/std'))} | {fmt(r['embedding'].get('embedding/effective_rank'))} |"
+        )
+    for kind in ("linear", "knn"):
+        lines += ["", f"## {'Linear probe' if kind == 'linear' else 'kNN'}: test AUC / ACC", "",
+                  "| dataset | " + " | ".join(inits) + " |", "|---|" + "---|" * len(inits)]
+        for flag in DATASETS:
+            cells = [f"{fmt(report['probe'][i][flag][kind]['auc'])} / {fmt(report['probe'][i][flag][kind]['acc'])}" for i in inits]
+            lines.append(f"| {flag} | " + " | ".join(cells) + " |")
+    if report.get("finetune"):
+        inits_ft = list(report["finetune"])
+        lines += ["", f"## Fine-tuning PneumoniaMNIST ({report['finetune_steps']} steps at each label fraction, "
+                  "best-val epoch): test AUC / ACC", "",
+                  "| labels | " + " | ".join(inits_ft) + " |", "|---|" + "---|" * len(inits_ft)]
+        fractions = list(next(iter(report["finetune"].values())))
+        for frac in fractions:
+            cells = [f"{fmt(report['finetune'][i][frac]['auc'])} / {fmt(report['finetune'][i][frac]['acc'])}" for i in inits_ft]
+            lines.append(f"| {float(frac):.0%} | " + " | ".join(cells) + " |")
+    lines += ["", "## Published test results (same datasets, fully supervised unless noted)", "",
+              "| dataset | size | method | AUC | ACC | source |", "|---|---|---|---|---|---|"]
+    for r in report["published"]:
+        lines.append(f"| {r['dataset']} | {r['size']} | {r['method']} | {r['auc']} | {r['acc']} | {r['source']}{' (' + r['note'] + ')' if r['note'] else ''} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes-per-method", type=float, default=30.0, help="pretraining time budget per method")
+    parser.add_argument("--methods", nargs="+", default=sorted(SSL_METHODS), choices=sorted(SSL_METHODS))
+    parser.add_argument("--root", default=os.environ.get("MEDMNIST_ROOT", str(REPO.parent / "shared" / "data" / "medmnist")))
+    parser.add_argument("--work-dir", default="runs/bench_ssl", help="pretrain/finetune run folders")
+    parser.add_argument("--out", default=str(REPO / "docs" / "results"), help="folder for ssl_benchmark.{json,md}")
+    parser.add_argument("--probe-max-train", type=int, default=None, help="cap the probe's train split per dataset")
+    parser.add_argument("--finetune-steps", type=int, default=500, help="per fine-tuning run; 0 skips them")
+    parser.add_argument("--fractions", type=float, nargs="+", default=[0.1, 1.0])
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--set", nargs="*", default=[], help="extra pretrain overrides, e.g. train.batch_size=64")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+    work = Path(args.work_dir)
+    report: dict = {
+        "command": " ".join(["python", "scripts/bench_ssl.py", *map(shlex.quote, sys.argv[1:] if argv is None else argv)]),
+        "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+                    "python": platform.python_version(), "platform": platform.platform(),
+                    "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+                    "load_average_start": os.getloadavg()[0]},
+        "minutes_per_method": args.minutes_per_method, "probe_max_train": args.probe_max_train,
+        "datasets": DATASETS, "pretrain": {}, "probe": {}, "finetune": {}, "finetune_steps": args.finetune_steps,
+    }
+    for method in args.methods:
+        print(f"[bench] pretraining {method} for {args.minutes_per_method} min", flush=True)
+        report["pretrain"][method] = pretrain(method, args.root, work / method, args.minutes_per_method, args.set)
+        print(f"[bench] {method}: {report['pretrain'][method]}", flush=True)
+    for init, path in [("random", "scratch"), *[(m, str(work / m)) for m in args.methods]]:
+        print(f"[bench] probing {init}", flush=True)
+        report["probe"][init] = probe(path, args.root, args.probe_max_train)
+    if args.finetune_steps:
+        for init, path in [("scratch", "scratch"), *[(m, str(work / m)) for m in args.methods]]:
+            report["finetune"][init] = {}
+            for frac in args.fractions:
+                print(f"[bench] fine-tuning pneumoniamnist from {init} with {frac:.0%} labels", flush=True)
+                report["finetune"][init][str(frac)] = finetune(
+                    path, frac, args.root, work / f"ft_{init}_{frac}", args.finetune_steps)
+    report["published"] = published()
+    report["wall_minutes"] = (time.perf_counter() - t_start) / 60
+    report["machine"]["load_average_end"] = os.getloadavg()[0]
+    report["written"] = time.strftime("%Y-%m-%d %H:%M", time.localtime())
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ssl_benchmark.json").write_text(json.dumps(report, indent=2, default=float))
+    (out / "ssl_benchmark.md").write_text(markdown(report))
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
