@@ -52,6 +52,7 @@ class ModelConfig:
     drop_path: float = 0.0
     dropout: float = 0.0
     overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {depth: 2} for tiny test models
+    pretrained_file: str | None = None  # local timm weights for init=imagenet (offline)
 
 
 @dataclass
@@ -73,6 +74,7 @@ class TrainConfig:
     monitor: str = "auc"  # val metric for best checkpoint and early stopping
     progress: bool = True
     eval_test: bool = True
+    layer_decay: float = 1.0  # Medformer layer-wise LR decay: block i of L gets lr * decay**(L - i)
 
 
 @dataclass
@@ -86,6 +88,7 @@ class FinetuneConfig:
     init: str = "scratch"  # scratch | imagenet | path to a checkpoint dir or .safetensors
     resume: str | None = None  # output_dir of a run to continue
     loss_weights: dict[str, float] = field(default_factory=dict)  # per task; default 1
+    finetune_mode: str = "full"  # full | linear_probe | head_only (see medformer.engine.protocols)
 
 
 def _type_name(tp: Any) -> str:

@@ -13,9 +13,10 @@ from ..data.domains import dataset_info
 from ..data.loaders import augment_factory, eval_loaders, train_dataset, train_loader
 from ..data.transforms import eval_transform
 from ..eval.evaluate import evaluate_tasks
-from ..models.factory import create_model
+from ..models.factory import create_model, is_medformer
 from ..objectives.supervised import SupervisedObjective
 from .checkpoint import load_weights
+from .protocols import apply_finetune_mode, check_mode, layer_decay_scales
 from .trainer import Trainer, make_accelerator
 
 logger = logging.getLogger(__name__)
@@ -31,18 +32,47 @@ def init_model(model, init: str) -> dict | None:
     return report
 
 
+def check_init(cfg: FinetuneConfig) -> None:
+    """Reject init/model combinations that cannot work, before any output is written."""
+    if cfg.init == "imagenet" and is_medformer(cfg.model.name):
+        raise ValueError(
+            f"init=imagenet needs a timm CNN model.name; no ImageNet weights exist for {cfg.model.name} "
+            "(use init=scratch or a checkpoint path)"
+        )
+    if cfg.model.pretrained_file and cfg.init != "imagenet":
+        raise ValueError("model.pretrained_file is used only with init=imagenet")
+
+
+def fit_batch_size(cfg: FinetuneConfig, n_train: int, num_processes: int) -> None:
+    """Shrink the batch when the (label-fraction) train set is smaller than one global batch.
+
+    The loader drops the last incomplete batch, so a too-large batch would train zero steps.
+    """
+    per_process = n_train // max(1, num_processes)
+    if per_process < cfg.train.batch_size:
+        if per_process < 1:
+            raise ValueError(f"train set has {n_train} samples, fewer than the {num_processes} processes")
+        logger.warning("train set has %d samples: train.batch_size %d -> %d", n_train, cfg.train.batch_size, per_process)
+        cfg.train.batch_size = per_process
+
+
 def run_finetune(cfg: FinetuneConfig) -> dict:
     """Train, keep the best-val checkpoint, test it; returns the metrics.json content."""
     out = Path(cfg.output_dir)
     infos = [dataset_info(f) for f in cfg.data.datasets]  # unknown flags fail here, before any output
     if cfg.resume and Path(cfg.resume).resolve() != out.resolve():
         raise ValueError(f"resume={cfg.resume} must equal output_dir={cfg.output_dir} (a run continues in place)")
+    check_mode(cfg.finetune_mode)
+    check_init(cfg)
     accelerator = make_accelerator(cfg.train, out)
     set_seed(cfg.seed)
     train_ds = train_dataset(cfg.data, augment_factory(cfg.augment), cfg.seed)
+    fit_batch_size(cfg, len(train_ds), accelerator.num_processes)
     loader = train_loader(train_ds, cfg.train.batch_size, cfg.data.num_workers, cfg.seed)
     model = create_model(cfg.model, infos, cfg.data.size, pretrained=cfg.init == "imagenet")
     init_report = init_model(model, cfg.init)
+    param_counts = apply_finetune_mode(model, cfg.finetune_mode)
+    scales = layer_decay_scales(model, cfg.train.layer_decay)
     val = {k: accelerator.prepare(v) for k, v in eval_loaders(cfg.data, "val", cfg.train.batch_size, eval_transform()).items()}
 
     if accelerator.is_main_process:
@@ -53,7 +83,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     trainer = Trainer(
         cfg.train, SupervisedObjective(model), loader, out, accelerator,
         loss_weights=cfg.loss_weights, evaluate=lambda m: evaluate_tasks(m, val, accelerator),
-        run_config=to_dict(cfg),
+        run_config=to_dict(cfg), lr_scale=lambda name: scales.get(name.removeprefix("model."), 1.0),
     )
     if cfg.resume:
         trainer.resume(cfg.resume)
@@ -70,7 +100,10 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
             metrics[flag]["test"] = m
     if accelerator.is_main_process:
         _write_json(out / "metrics.json", metrics)
-        _write_json(out / "train_stats.json", {**trainer.stats(), "history": trainer.history})
+        stats = trainer.stats()
+        stats["epochs_to_best"] = stats["best_epoch"] + 1
+        stats.update(finetune_mode=cfg.finetune_mode, batch_size=cfg.train.batch_size, parameters=param_counts)
+        _write_json(out / "train_stats.json", {**stats, "history": trainer.history})
     trainer.close()
     return metrics
 

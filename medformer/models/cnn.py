@@ -6,14 +6,56 @@ engine, probes and clustering treat both alike.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import timm
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models.video import r3d_18
 
 from ..data.batch import Inputs
 from ..data.domains import DatasetInfo
 from .heads import head_width
+
+# The 2D CNNs compared in RadiologyNET (timm names); tests build every one.
+RADIOLOGYNET_CNNS = (
+    "resnet18", "resnet34", "resnet50", "densenet121", "efficientnet_b3", "efficientnet_b4",
+    "mobilenetv3_small_100", "mobilenetv3_large_100", "vgg16", "inception_v3",
+)
+
+# Smallest input side a family accepts (timm's pretrained_cfg does not say); smaller
+# inputs are upsampled. Measured: inception_v3 fails below 75 px, densenet/vgg below 32.
+_MIN_INPUT_SIZE = {"inception": 75, "densenet": 32, "vgg": 32}
+
+
+def min_input_size(name: str, encoder: nn.Module) -> int:
+    cfg_min = (getattr(encoder, "pretrained_cfg", None) or {}).get("min_input_size")
+    if cfg_min:
+        return int(cfg_min[-1])
+    return next((size for prefix, size in _MIN_INPUT_SIZE.items() if name.startswith(prefix)), 1)
+
+
+def create_encoder_2d(name: str, pretrained: bool, drop_rate: float, pretrained_file: str | None) -> nn.Module:
+    """timm encoder without classifier; clear one-line errors for unknown names and missing weights."""
+    if pretrained_file and not Path(pretrained_file).is_file():
+        raise FileNotFoundError(f"model.pretrained_file {pretrained_file} not found")
+    overlay = {"file": str(pretrained_file)} if pretrained_file else None
+    try:
+        return timm.create_model(
+            name, pretrained=pretrained or bool(pretrained_file), num_classes=0, in_chans=3,
+            drop_rate=drop_rate, pretrained_cfg_overlay=overlay,
+        )
+    except RuntimeError as e:
+        if "Unknown model" in str(e):
+            raise ValueError(f"unknown model.name {name!r}: use medformer_small, medformer_large or a timm CNN (e.g. resnet18)") from None
+        raise
+    except OSError as e:  # offline hub download, unreadable file
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise ValueError(
+            f"cannot load ImageNet weights for {name} ({first}); offline, download them elsewhere and "
+            "set model.pretrained_file=<weights file>"
+        ) from None
 
 
 def resnet3d18(in_chans: int = 1) -> nn.Module:
@@ -33,17 +75,13 @@ class CNNModel(nn.Module):
     ):
         super().__init__()
         dims = {d.dim for d in datasets} or {"2d"}
-        overlay = {"file": pretrained_file} if pretrained_file else None
-        try:
-            self.encoder_2d = timm.create_model(
-                name, pretrained=pretrained or bool(pretrained_file), num_classes=0, in_chans=3,
-                drop_rate=drop_rate, pretrained_cfg_overlay=overlay,
-            ) if "2d" in dims else None
-        except RuntimeError as e:
-            if "Unknown model" in str(e):
-                raise ValueError(f"unknown model.name {name!r}: use medformer_small, medformer_large or a timm CNN (e.g. resnet18)") from None
-            raise
-        self.embed_dim = self.encoder_2d.num_features if self.encoder_2d is not None else 512
+        self.encoder_2d = create_encoder_2d(name, pretrained, drop_rate, pretrained_file) if "2d" in dims else None
+        self.min_size_2d = min_input_size(name, self.encoder_2d) if self.encoder_2d is not None else 1
+        # models with a pre-logits MLP (vgg, mobilenetv3) emit head_hidden_size, not num_features
+        self.embed_dim = (
+            getattr(self.encoder_2d, "head_hidden_size", None) or self.encoder_2d.num_features
+            if self.encoder_2d is not None else 512
+        )
         self.encoder_3d = resnet3d18() if "3d" in dims else None
         self.proj_3d = nn.Linear(512, self.embed_dim) if self.encoder_3d is not None and self.embed_dim != 512 else nn.Identity()
         self.heads = nn.ModuleDict()
@@ -57,13 +95,24 @@ class CNNModel(nn.Module):
         if name not in self.heads:
             self.heads[name] = nn.Linear(self.embed_dim, n_outputs)
 
+    def prepare_2d(self, images: torch.Tensor) -> torch.Tensor:
+        """Gray -> 3 channels; upsampled to the encoder's minimum input size when smaller."""
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        if min(images.shape[-2:]) < self.min_size_2d:
+            h, w = images.shape[-2:]
+            scale = self.min_size_2d / min(h, w)
+            size = (max(self.min_size_2d, round(h * scale)), max(self.min_size_2d, round(w * scale)))
+            images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+        return images
+
     def encode(self, inputs: Inputs) -> torch.Tensor:
         out = None
         for images, rows in inputs.groups:
             if images.ndim == 4:
                 if self.encoder_2d is None:
                     raise ValueError("this CNN was built without a 2D encoder; add a 2D dataset when creating it")
-                feats = self.encoder_2d(images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images)
+                feats = self.encoder_2d(self.prepare_2d(images))
             else:
                 if self.encoder_3d is None:
                     raise ValueError("this CNN was built without a 3D encoder; add a 3D dataset when creating it")

@@ -14,8 +14,13 @@ def is_medformer(name: str) -> bool:
 
 
 def create_model(cfg: ModelConfig, datasets: list[DatasetInfo], image_size: int = 28, pretrained: bool = False) -> nn.Module:
-    """Model with one head per dataset; Medformer position embeddings sized for `image_size`."""
+    """Model with one head per dataset; Medformer position embeddings sized for `image_size`.
+
+    `pretrained`: ImageNet weights for timm CNNs (downloaded, or `cfg.pretrained_file` offline).
+    """
     if is_medformer(cfg.name):
+        if pretrained:
+            raise ValueError(f"no ImageNet weights exist for {cfg.name}; pretrained=True needs a timm CNN")
         dims = {d.dim for d in datasets}
         sizes = {}
         if "2d" in dims or not dims:
@@ -28,4 +33,7 @@ def create_model(cfg: ModelConfig, datasets: list[DatasetInfo], image_size: int 
         return Medformer(mcfg, list(datasets))
     from .cnn import CNNModel
 
-    return CNNModel(cfg.name, list(datasets), pretrained=pretrained, drop_rate=cfg.dropout)
+    return CNNModel(
+        cfg.name, list(datasets), pretrained=pretrained, drop_rate=cfg.dropout,
+        pretrained_file=cfg.pretrained_file if pretrained else None,
+    )

@@ -1,0 +1,89 @@
+"""run_study: run (or skip) every cell, then write results.csv, figures, statistics and report.md."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from pathlib import Path
+
+from .baselines import read_baselines
+from .cells import enumerate_cells
+from .config import StudyConfig, resolve_baselines, validate
+from .plots import convergence_plot, label_efficiency_plot, series_key
+from .report import write_report
+from .results import collect_rows, val_history, write_csv
+from .runner import run_cells
+
+logger = logging.getLogger(__name__)
+
+
+def study_figures(cfg: StudyConfig, rows: list[dict]) -> dict[str, dict[str, Path | None]]:
+    """Label-efficiency and convergence PNGs per dataset, plus explainability panels."""
+    out = Path(cfg.output_dir)
+    cells_root = out / "cells"
+    figures: dict[str, dict[str, Path | None]] = {}
+    for flag in cfg.data.datasets:
+        drows = [r for r in rows if r["dataset"] == flag and r["status"] == "done"]
+        with_mode = len({r["mode"] for r in drows}) > 1
+        with_model = len({r["model"] for r in drows}) > 1
+        histories: dict[tuple[str, float], list] = defaultdict(list)
+        for r in drows:
+            histories[(series_key(r, with_mode, with_model), r["fraction"])].append(val_history(cells_root / r["cell_id"], flag))
+        figures[flag] = {
+            "label efficiency": label_efficiency_plot(rows, flag, out / "plots" / f"{flag}_label_efficiency.png"),
+            "convergence": convergence_plot(histories, flag, out / "plots" / f"{flag}_convergence.png"),
+        }
+        if cfg.explain.enabled:
+            figures[flag].update(explain_figures(cfg, drows, flag))
+    return figures
+
+
+def explain_figures(cfg: StudyConfig, drows: list[dict], flag: str) -> dict[str, Path | None]:
+    """One panel per (init, model): the cell with the most labels, first seed and mode."""
+    from .explain import explain_cell
+
+    out = Path(cfg.output_dir)
+    chosen: dict[tuple[str, str], dict] = {}
+    for r in sorted(drows, key=lambda r: (-r["fraction"], cfg.seeds.index(r["seed"]), cfg.modes.index(r["mode"]))):
+        chosen.setdefault((r["init"], r["model"]), r)
+    panels: dict[str, Path | None] = {}
+    for (init, model), r in sorted(chosen.items()):
+        png = out / "plots" / "explain" / f"{r['cell_id']}.png"
+        title = f"{flag}: {init} / {model} ({r['mode']}, fraction {r['fraction']:g}, seed {r['seed']})"
+        if not png.is_file():
+            try:
+                explain_cell(out / "cells" / r["cell_id"], flag, cfg.explain.per_group, title, png)
+            except Exception as e:  # noqa: BLE001 - a missing panel must not lose the report
+                logger.warning("no explainability panel for %s: %s", r["cell_id"], e)
+                continue
+        panels[f"explain {init} / {model}"] = png
+    return panels
+
+
+def summary_lines(cfg: StudyConfig) -> list[str]:
+    inits = ", ".join(f"`{k}` = {v}" for k, v in cfg.inits.items())
+    return [
+        f"- datasets: {', '.join(cfg.data.datasets)} at {cfg.data.size} px",
+        f"- inits: {inits}",
+        f"- models: {', '.join(cfg.models)}; modes: {', '.join(cfg.modes)}",
+        f"- label fractions: {', '.join(f'{f:g}' for f in cfg.label_fractions)}; seeds: {', '.join(map(str, cfg.seeds))}",
+        f"- base finetune overrides: {cfg.finetune or 'none'}" + (f" on {cfg.base_config}" if cfg.base_config else ""),
+        "- per-cell outputs: `cells/<cell-id>/` (config.yaml, metrics.json, train_stats.json, status.json); all rows in `results.csv`",
+    ]
+
+
+def run_study(cfg: StudyConfig) -> list[dict]:
+    """Run the grid (resumable), write results.csv and report.md; returns the rows."""
+    validate(cfg)
+    cells = enumerate_cells(cfg)
+    out = Path(cfg.output_dir)
+    run_cells(cfg, cells)
+    rows = collect_rows(cells, out / "cells")
+    write_csv(rows, out / "results.csv")
+    figures = study_figures(cfg, rows)
+    published = read_baselines(resolve_baselines(cfg.published_baselines))
+    write_report(out / "report.md", f"Transfer study: {out.name}", summary_lines(cfg), rows,
+                 cfg.data.datasets, published, figures, size=cfg.data.size)
+    logger.info("study: %d cells, report in %s", len(rows), out / "report.md")
+    return rows
+

@@ -1,0 +1,183 @@
+"""Run the cells of a study: each a normal fine-tune in `output_dir/cells/<cell-id>/`.
+
+Resumable: a cell with metrics.json is skipped, an interrupted one resumes from its last
+checkpoint, a failed one is recorded in its status.json with the one-line error (and retried
+on the next invocation when `retry_failed`); the study always goes on to the next cell.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .cells import SPECIAL_INITS, Cell, cell_overrides, resolve_init
+from .config import StudyConfig
+
+STATUS_FILE = "status.json"
+LOG_FILE = "study.log"
+ERROR_PREFIX = "finetune: error:"
+
+
+@dataclass
+class CellOutcome:
+    cell: Cell
+    status: str  # done | failed | skipped (done before) | skipped-failed (failed before, not retried)
+    error: str | None = None
+    seconds: float = 0.0
+
+
+def cell_dir(cfg: StudyConfig, cell: Cell) -> Path:
+    return Path(cfg.output_dir) / "cells" / cell.id
+
+
+def is_done(directory: Path) -> bool:
+    return (directory / "metrics.json").is_file()
+
+
+def read_status(directory: Path) -> dict | None:
+    path = directory / STATUS_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_status(directory: Path, cell: Cell, status: str, error: str | None, seconds: float) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    previous = read_status(directory) or {}
+    record = {
+        "cell": cell.to_dict(), "status": status, "error": error, "seconds": round(seconds, 2),
+        "finished": _now(), "attempts": previous.get("attempts", 0) + 1,
+    }
+    tmp = directory / (STATUS_FILE + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(directory / STATUS_FILE)
+
+
+def precheck(cfg: StudyConfig, cell: Cell, overrides: list[str]) -> str | None:
+    """The one-line error a cell would stop with on its config or init, found without running it."""
+    from ..config import ConfigError, FinetuneConfig, load_config
+    from ..engine.checkpoint import CheckpointError, find_weights
+    from ..engine.finetune import check_init
+
+    try:
+        fcfg = load_config(FinetuneConfig, cfg.base_config, overrides)
+        check_init(fcfg)
+        if cell.init not in SPECIAL_INITS:
+            find_weights(resolve_init(cell.init))
+    except (ConfigError, CheckpointError, ValueError) as e:
+        return f"{ERROR_PREFIX} {e}"
+    return None
+
+
+def error_line(log: str) -> str:
+    """The finetune one-line error, else the last line of the log (a traceback's exception)."""
+    lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if ln.startswith(ERROR_PREFIX):
+            return ln
+    return lines[-1] if lines else "failed without output"
+
+
+def run_subprocess(cfg: StudyConfig, overrides: list[str], directory: Path) -> str | None:
+    """`python -m finetune ...` with its output in the cell's log.txt; returns the error or None."""
+    cmd = [sys.executable, "-m", "finetune"]
+    if cfg.base_config:
+        cmd += ["--config", cfg.base_config]
+    cmd += overrides
+    env = dict(os.environ)
+    if cfg.threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(cfg.threads)
+    directory.mkdir(parents=True, exist_ok=True)
+    log = directory / "log.txt"
+    with open(log, "w") as fh:
+        fh.write(" ".join(cmd) + "\n")
+        fh.flush()
+        rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env).returncode
+    return None if rc == 0 else error_line(log.read_text())
+
+
+def run_inprocess(cfg: StudyConfig, overrides: list[str], directory: Path) -> str | None:
+    """run_finetune in this process (no import cost per cell; for tests and small CPU studies)."""
+    import torch
+    from accelerate.state import AcceleratorState, GradientState
+
+    from ..cli import USER_ERRORS
+    from ..config import FinetuneConfig, load_config
+    from ..engine.checkpoint import CheckpointError
+    from ..engine.finetune import run_finetune
+    from ..engine.trainer import NonFiniteLossError
+
+    threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        run_finetune(load_config(FinetuneConfig, cfg.base_config, overrides))
+    except (*USER_ERRORS, CheckpointError, NonFiniteLossError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        return f"{ERROR_PREFIX} {msg}"
+    except Exception as e:  # noqa: BLE001 - a crashing cell is recorded, the study goes on
+        return f"{type(e).__name__}: {e}"
+    finally:
+        torch.set_num_threads(threads)
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+    return None
+
+
+def run_cell(cfg: StudyConfig, cell: Cell, log: Callable[[str], None]) -> CellOutcome:
+    """Skip, resume or run one cell; record its status."""
+    directory = cell_dir(cfg, cell)
+    if is_done(directory):
+        log(f"skip {cell.id} (done)")
+        return CellOutcome(cell, "skipped")
+    status = read_status(directory)
+    if status and status["status"] == "failed" and not cfg.retry_failed:
+        log(f"skip {cell.id} (failed before: {status['error']})")
+        return CellOutcome(cell, "skipped-failed", status["error"])
+    resume = (directory / "checkpoints" / "last" / "trainer_state.json").is_file()
+    overrides = cell_overrides(cfg, cell, directory, resume)
+    t0 = time.perf_counter()
+    error = precheck(cfg, cell, overrides)
+    if error is None:
+        log(f"{'resume' if resume else 'run'} {cell.id}")
+        runner = run_subprocess if cfg.isolation == "subprocess" else run_inprocess
+        error = runner(cfg, overrides, directory)
+        if error is None and not is_done(directory):
+            error = "finished without metrics.json"
+    seconds = time.perf_counter() - t0
+    result = "failed" if error else "done"
+    if result == "done" and not cfg.keep_resume_state:
+        shutil.rmtree(directory / "checkpoints", ignore_errors=True)  # best.safetensors stays
+    _write_status(directory, cell, result, error, seconds)
+    log(f"{result} {cell.id} in {seconds:.1f}s" + (f": {error}" if error else ""))
+    return CellOutcome(cell, result, error, seconds)
+
+
+def run_cells(cfg: StudyConfig, cells: list[Cell]) -> list[CellOutcome]:
+    """All cells, `cfg.jobs` at a time (subprocess isolation); appends to output_dir/study.log."""
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / LOG_FILE
+
+    def log(message: str) -> None:
+        line = f"{_now()} {message}"
+        print(f"study: {message}", file=sys.stderr, flush=True)
+        with open(log_path, "a") as fh:
+            fh.write(line + "\n")
+
+    jobs = cfg.jobs if cfg.isolation == "subprocess" else 1
+    if jobs == 1:
+        return [run_cell(cfg, c, log) for c in cells]
+    with ThreadPoolExecutor(jobs) as pool:
+        return list(pool.map(lambda c: run_cell(cfg, c, log), cells))

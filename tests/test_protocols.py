@@ -1,0 +1,259 @@
+"""Fine-tuning protocols (linear probe, head only, layer decay), the CNN zoo, ImageNet init rules,
+and the regression / segmentation downstream heads on synthetic data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate.state import AcceleratorState, GradientState
+from safetensors.torch import load_file, save_file
+
+from finetune.__main__ import main as finetune_main
+from medformer.config import ModelConfig, TrainConfig
+from medformer.data.batch import make_inputs
+from medformer.data.domains import dataset_info
+from medformer.data.synthetic import synthetic_info
+from medformer.data.synthetic_dense import (
+    dense_inputs,
+    synthetic_regression,
+    synthetic_segmentation,
+)
+from medformer.engine.protocols import apply_finetune_mode, layer_decay_scales
+from medformer.engine.trainer import build_optimizer
+from medformer.eval.dense_metrics import regression_metrics, segmentation_metrics
+from medformer.models.cnn import RADIOLOGYNET_CNNS
+from medformer.models.dense_heads import (
+    AuxRegressor,
+    MedformerDenseEncoder,
+    SegmentationModel,
+    TimmDenseEncoder,
+    regression_loss,
+    segmentation_loss,
+)
+from medformer.models.factory import create_model
+from medformer.objectives.supervised import SupervisedObjective
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = str(REPO / "configs" / "finetune" / "pneumoniamnist_small.yaml")
+TINY = ["model.overrides.depth=1", "train.progress=false", "train.log_every=50"]
+TINY_MF = ModelConfig(name="medformer_small", overrides={"depth": 1})
+
+
+@pytest.fixture(autouse=True)
+def one_thread_and_fresh_accelerate():
+    """One torch thread: on 2 busy cores two threads make small matmuls ~30x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+def pneumonia_batch(n: int = 8):
+    images = [torch.randn(1, 28, 28) for _ in range(n)]
+    inputs = make_inputs(images, ["pneumoniamnist"] * n)
+    return {"inputs": inputs, "targets": {"pneumoniamnist": torch.randint(0, 2, (n, 1))}}
+
+
+def train_steps(model, steps: int = 3, lr: float = 1e-2) -> None:
+    objective = SupervisedObjective(model)
+    optimizer, _ = build_optimizer(objective, TrainConfig(lr=lr, weight_decay=0.05), 10, 0)
+    model.train()
+    for _ in range(steps):
+        loss = sum(objective(pneumonia_batch()).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+def changed(before: dict, model) -> set[str]:
+    return {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+
+
+# -- protocols ----------------------------------------------------------------------------------
+def test_linear_probe_run_keeps_backbone_and_trains_head(shared_root, tmp_path):
+    base = [f"data.root={shared_root}", "data.max_train_samples=64", "train.epochs=1", "train.batch_size=32",
+            "train.eval_test=false", *TINY]
+    assert finetune_main(["--config", CONFIG, *base, f"output_dir={tmp_path / 'a'}"]) == 0
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    assert finetune_main(["--config", CONFIG, *base, f"output_dir={tmp_path / 'b'}", f"init={tmp_path / 'a'}",
+                          "finetune_mode=linear_probe", "train.lr=0.05", "train.warmup_epochs=0"]) == 0
+    before = load_file(str(tmp_path / "a" / "best.safetensors"))
+    last = load_file(str(tmp_path / "b" / "checkpoints" / "last" / "model.safetensors"))  # the objective's state
+    after = {k.removeprefix("model."): v for k, v in last.items()}
+    assert after.keys() == before.keys()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all(k.startswith(("output_adapt.heads.", "output_adapt.task_latents.")) for k in moved), moved
+    assert "output_adapt.heads.pneumoniamnist.weight" in moved
+    stats = json.loads((tmp_path / "b" / "train_stats.json").read_text())
+    assert stats["epochs_to_best"] == stats["best_epoch"] + 1 == 1
+    assert stats["finetune_mode"] == "linear_probe" and 0 < stats["parameters"]["trainable"] < stats["parameters"]["frozen"]
+
+
+def test_head_only_medformer_freezes_body_blocks():
+    model = create_model(TINY_MF, [dataset_info("pneumoniamnist")])
+    apply_finetune_mode(model, "head_only")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train_steps(model)
+    moved = changed(before, model)
+    assert not any(k.startswith(("blocks.", "norm.")) for k in moved)
+    assert any(k.startswith("input_adapt.") for k in moved) and any(k.startswith("output_adapt.cross.") for k in moved)
+
+
+def test_cnn_linear_probe_keeps_weights_and_batchnorm_statistics():
+    model = create_model(ModelConfig(name="resnet18"), [dataset_info("pneumoniamnist")])
+    apply_finetune_mode(model, "linear_probe")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train_steps(model)
+    moved = changed(before, model)
+    assert moved == {"heads.pneumoniamnist.weight", "heads.pneumoniamnist.bias"}  # running_mean etc. unchanged
+
+
+def test_layer_decay_gives_expected_per_block_learning_rates():
+    depth, decay, lr = 3, 0.5, 1e-3
+    model = create_model(ModelConfig(name="medformer_small", overrides={"depth": depth}), [dataset_info("pneumoniamnist")])
+    scales = layer_decay_scales(model, decay)
+    objective = SupervisedObjective(model)
+    optimizer, scheduler = build_optimizer(
+        objective, TrainConfig(lr=lr, weight_decay=0.05), 100, 0, lambda n: scales[n.removeprefix("model.")]
+    )
+    group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    for i in range(depth):
+        expected = lr * decay ** (depth - i)
+        assert group_of[id(named[f"blocks.{i}.attn.q.weight"])]["lr"] == pytest.approx(expected)
+        assert group_of[id(named[f"blocks.{i}.attn.q.bias"])]["weight_decay"] == 0.0  # no-decay rule kept
+    assert group_of[id(named["input_adapt.patch_2d.weight"])]["lr"] == pytest.approx(lr * decay ** (depth + 1))
+    assert group_of[id(named["input_adapt.latents"])]["weight_decay"] == 0.0
+    assert group_of[id(named["output_adapt.heads.pneumoniamnist.weight"])]["lr"] == pytest.approx(lr)
+    for _ in range(10):
+        optimizer.step()
+        scheduler.step()
+    ratios = {round(g["lr"] / g["initial_lr"], 9) for g in optimizer.param_groups}
+    assert len(ratios) == 1  # the schedule scales every group alike
+    with pytest.raises(ValueError, match="Medformer models only"):
+        layer_decay_scales(create_model(ModelConfig(name="resnet18"), [dataset_info("pneumoniamnist")]), 0.7)
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("init=imagenet", "no ImageNet weights exist for medformer_small"),
+        ("finetune_mode=probe", "finetune_mode must be one of"),
+        ("model.pretrained_file=/x.safetensors", "used only with init=imagenet"),
+    ],
+)
+def test_bad_protocol_settings_one_line_error(tmp_path, capsys, override, message):
+    out = tmp_path / "bad"
+    assert finetune_main(["--config", CONFIG, *TINY, override, f"output_dir={out}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not out.exists()
+
+
+# -- CNN zoo and ImageNet init ------------------------------------------------------------------
+@pytest.mark.parametrize("name", RADIOLOGYNET_CNNS)
+def test_radiologynet_cnn_builds_and_runs_at_28px(name):
+    model = create_model(ModelConfig(name=name), [dataset_info("pneumoniamnist")], 28).eval()
+    inputs = make_inputs([torch.randn(1, 28, 28) for _ in range(2)], ["pneumoniamnist"] * 2)
+    with torch.no_grad():
+        out = model(inputs)["pneumoniamnist"]
+    assert out.shape == (2, 1) and torch.isfinite(out).all()
+
+
+def test_imagenet_init_from_local_pretrained_file(tmp_path):
+    import timm
+
+    reference = timm.create_model("resnet18", num_classes=0)
+    save_file(reference.state_dict(), str(tmp_path / "r18.safetensors"))
+    cfg = ModelConfig(name="resnet18", pretrained_file=str(tmp_path / "r18.safetensors"))
+    model = create_model(cfg, [dataset_info("pneumoniamnist")], pretrained=True)
+    assert torch.equal(model.encoder_2d.conv1.weight, reference.conv1.weight)
+    missing = ModelConfig(name="resnet18", pretrained_file=str(tmp_path / "nope.safetensors"))
+    with pytest.raises(FileNotFoundError, match="pretrained_file"):
+        create_model(missing, [dataset_info("pneumoniamnist")], pretrained=True)
+
+
+# -- regression and segmentation heads ------------------------------------------------------------
+@pytest.fixture
+def synthetic_flag() -> str:
+    synthetic_info("synthdense", "2d", "binary-class", 2, 1)
+    return "synthdense"
+
+
+def tiny_medformer(flag: str):
+    torch.manual_seed(0)
+    return create_model(TINY_MF, [dataset_info(flag)])
+
+
+def test_aux_regression_learns_and_uses_the_aux_input(synthetic_flag):
+    x, aux, y = synthetic_regression(256, seed=0)
+    xv, auxv, yv = synthetic_regression(128, seed=1)
+    model = AuxRegressor(tiny_medformer(synthetic_flag), aux_dim=1)
+    optimizer = torch.optim.AdamW(model.parameters(), 2e-3)
+    losses = []
+    for _ in range(5):
+        for i in range(0, len(x), 32):
+            loss = regression_loss(model(dense_inputs(x[i:i + 32], synthetic_flag, aux[i:i + 32])), y[i:i + 32])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+    model.eval()
+    with torch.no_grad():
+        pred = model(dense_inputs(xv, synthetic_flag, auxv))
+    metrics = regression_metrics(pred, yv)
+    baseline = regression_metrics(torch.full_like(yv, float(y.mean())), yv)
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+    assert metrics["mae"] < 0.7 * baseline["mae"] and metrics["rmse"] < baseline["rmse"]
+    with pytest.raises(KeyError, match="aux"):
+        model(dense_inputs(xv[:2], synthetic_flag))
+
+
+def test_medformer_segmentation_learns_dice_above_untrained(synthetic_flag):
+    x, masks = synthetic_segmentation(96, seed=0)
+    xv, mv = synthetic_segmentation(48, seed=1)
+    model = SegmentationModel(MedformerDenseEncoder(tiny_medformer(synthetic_flag)), n_classes=2)
+
+    def dice() -> float:
+        model.eval()
+        with torch.no_grad():
+            pred = model(dense_inputs(xv, synthetic_flag)).argmax(1)
+        model.train()
+        return segmentation_metrics(pred, mv, 2)["dice"]
+
+    untrained = dice()
+    optimizer = torch.optim.AdamW(model.parameters(), 3e-3)
+    losses = []
+    for _ in range(3):
+        for i in range(0, len(x), 16):
+            loss = segmentation_loss(model(dense_inputs(x[i:i + 16], synthetic_flag)), masks[i:i + 16])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+    trained = dice()
+    assert sum(losses[-3:]) / 3 < 0.6 * sum(losses[:3]) / 3
+    assert trained > max(0.6, untrained + 0.2), (untrained, trained)
+
+
+def test_cnn_segmentation_decoder_output_shape(synthetic_flag):
+    model = SegmentationModel(TimmDenseEncoder("resnet18"), n_classes=3).eval()
+    with torch.no_grad():
+        logits = model(dense_inputs(torch.randn(2, 1, 28, 28), synthetic_flag))
+    assert logits.shape == (2, 3, 28, 28)
+
+
+def test_dense_metrics_on_known_values():
+    target = torch.tensor([[[0, 1], [1, 1]]])
+    pred = torch.tensor([[[0, 1], [1, 0]]])
+    m = segmentation_metrics(pred, target, 2)
+    assert m["dice"] == pytest.approx(2 * 2 / (2 + 3)) and m["iou"] == pytest.approx(2 / 3)
+    assert segmentation_metrics(target, target, 2)["dice"] == 1.0
+    r = regression_metrics([1.0, 2.0, 3.0], [1.0, 2.0, 5.0])
+    assert r["mae"] == pytest.approx(2 / 3) and r["rmse"] == pytest.approx((4 / 3) ** 0.5)

@@ -1,0 +1,162 @@
+"""`medformer study`: a tiny grid end to end (results, report, figures, failures, resume) and the
+statistics it reports."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from accelerate.state import AcceleratorState, GradientState
+
+from finetune.__main__ import main as finetune_main
+from medformer.config import load_config
+from medformer.study import (
+    StudyConfig,
+    bonferroni,
+    kruskal_wallis,
+    pairwise_mann_whitney,
+    run_study,
+)
+from medformer.study.cells import Cell, cell_overrides, flatten, format_value
+from medformer.study.stats import min_attainable_p
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "configs" / "study" / "smoke.yaml"
+
+
+@pytest.fixture(autouse=True)
+def one_thread_and_fresh_accelerate():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_tiny_study_end_to_end_resumes_and_records_failures(shared_root, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    assert finetune_main(["--config", str(REPO / "configs/finetune/pneumoniamnist_small.yaml"),
+                          f"data.root={shared_root}", "data.datasets=[breastmnist]", "data.max_train_samples=64",
+                          "model.overrides.depth=1", "train.epochs=1", "train.batch_size=32", "train.progress=false",
+                          "train.eval_test=false", f"output_dir={ckpt}"]) == 0
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    out = tmp_path / "study"
+    missing = tmp_path / "runs" / "pretrain" / "not_there"
+    overrides = [f"data.root={shared_root}", f"output_dir={out}", "data.datasets=[breastmnist,retinamnist]",
+                 f"inits={{scratch: scratch, ckpt: {ckpt}, missing: {missing}}}"]
+    run_study(load_config(StudyConfig, SMOKE, overrides))
+
+    rows = read_rows(out / "results.csv")
+    assert len(rows) == 3 * 2 * 2 * 2  # inits x datasets x fractions x seeds
+    done = [r for r in rows if r["status"] == "done"]
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert {r["init"] for r in done} == {"scratch", "ckpt"} and len(done) == 16
+    assert {r["init"] for r in failed} == {"missing"} and len(failed) == 8
+    assert all("no weights found at" in r["error"] and str(missing) in r["error"] for r in failed)
+    for r in done:
+        assert 0.0 <= float(r["test_auc"]) <= 1.0 and 0.0 <= float(r["val_acc"]) <= 1.0
+        assert int(r["epochs_to_best"]) >= 1 and float(r["train_seconds"]) > 0
+    status = json.loads((out / "cells" / failed[0]["cell_id"] / "status.json").read_text())
+    assert status["status"] == "failed" and status["error"].startswith("finetune: error:")
+    assert not list((out / "cells").glob("*/checkpoints")) and len(list((out / "cells").glob("*/best.safetensors"))) == 16
+    init_report = json.loads((out / "cells" / "ckpt-medformer_small-breastmnist-f1-s0-full" / "init_report.json").read_text())
+    assert init_report["matched"]  # the checkpoint init really loaded weights
+
+    report = (out / "report.md").read_text()
+    for text in ("## breastmnist", "## retinamnist", "### Test AUC (mean ± sd over seeds)", "Kruskal-Wallis",
+                 "Bonferroni", "Published baselines", "ResNet-18 (28)", "## Failed cells", "no weights found"):
+        assert text in report, text
+    for flag in ("breastmnist", "retinamnist"):
+        for kind in ("label_efficiency", "convergence"):
+            png = out / "plots" / f"{flag}_{kind}.png"
+            assert png.stat().st_size > 1000 and f"plots/{flag}_{kind}.png" in report
+    panels = sorted((out / "plots" / "explain").glob("*.png"))
+    assert len(panels) == 4 and all(f"plots/explain/{p.name}" in report for p in panels)  # (scratch, ckpt) x datasets
+
+    # second invocation (CLI, subprocess isolation): finished cells skipped, one new seed run in a subprocess
+    mtimes = {p: p.stat().st_mtime_ns for p in (out / "cells").glob("*/metrics.json")}
+    log_lines = len((out / "study.log").read_text().splitlines())
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "medformer.study", "--config", str(SMOKE), *overrides[:2],
+           "data.datasets=[breastmnist]", "label_fractions=[1.0]", "seeds=[0,1,2]", "inits={scratch: scratch}",
+           "isolation=subprocess", "explain.enabled=false"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())
+    new_log = (out / "study.log").read_text().splitlines()[log_lines:]
+    assert sum(" skip scratch-medformer_small-breastmnist-f1-s" in ln for ln in new_log) == 2
+    assert any(" done scratch-medformer_small-breastmnist-f1-s2-full" in ln for ln in new_log)
+    assert (out / "cells" / "scratch-medformer_small-breastmnist-f1-s2-full" / "log.txt").is_file()
+    assert [r["seed"] for r in read_rows(out / "results.csv")] == ["0", "1", "2"]
+
+
+def test_cell_overrides_round_trip_through_the_finetune_parser(tmp_path):
+    from medformer.config import FinetuneConfig
+
+    cfg = load_config(StudyConfig, SMOKE, [f"output_dir={tmp_path}", "finetune={train: {lr: 1e-3}, data.max_train_samples: 8}"])
+    cell = Cell("ssl", "runs/pretrain/x", "medformer_small", "breastmnist", 0.1, 3, "linear_probe")
+    fcfg = load_config(FinetuneConfig, None, cell_overrides(cfg, cell, tmp_path / "c", resume=False))
+    assert fcfg.train.lr == 1e-3 and fcfg.data.max_train_samples == 8 and fcfg.data.label_fraction == 0.1
+    assert fcfg.finetune_mode == "linear_probe" and fcfg.seed == 3 and fcfg.data.datasets == ["breastmnist"]
+    assert Path(fcfg.init).is_absolute() and fcfg.init.endswith("runs/pretrain/x")
+    assert flatten({"a": {"b": 1, "c": {"d": 2}}, "e": {}}) == {"a.b": 1, "a.c.d": 2, "e": {}}
+    assert format_value("yes") == '"yes"' and format_value(0.1) == "0.1" and format_value(1e-5) == "1.0e-05" and format_value([1, 2]) == "[1, 2]" and format_value(None) == "null"
+
+
+def test_kruskal_wallis_and_mann_whitney_with_bonferroni():
+    groups = {"a": [0.50, 0.51, 0.52, 0.53, 0.54, 0.55], "b": [0.70, 0.71, 0.72, 0.73, 0.74, 0.75],
+              "c": [0.90, 0.91, 0.92, 0.93, 0.94, 0.95]}
+    kw = kruskal_wallis(groups)
+    assert kw.pvalue < 0.001 and kw.sizes == {"a": 6, "b": 6, "c": 6}
+    same = kruskal_wallis({"a": [0.1, 0.5, 0.9, 0.3], "b": [0.2, 0.6, 0.8, 0.4]})
+    assert same.pvalue > 0.5
+    assert kruskal_wallis({"a": [0.5, 0.5], "b": [0.5, 0.5]}).pvalue == 1.0  # all tied
+    assert kruskal_wallis({"a": [0.5, 0.6]}).note  # one group: no test
+
+    pairs = pairwise_mann_whitney(groups)
+    assert [(p.a, p.b) for p in pairs] == [("a", "b"), ("a", "c"), ("b", "c")]
+    for p in pairs:
+        assert p.p_bonferroni == pytest.approx(min(1.0, 3 * p.pvalue))
+        assert p.pvalue == pytest.approx(min_attainable_p(6, 6))  # completely separated groups
+    assert bonferroni([0.01, 0.2, 0.5, float("nan")]) == pytest.approx([0.04, 0.8, 1.0, float("nan")], nan_ok=True)
+    two_seeds = pairwise_mann_whitney({"a": [0.1, 0.2], "b": [0.8, 0.9]})
+    assert two_seeds[0].p_bonferroni == pytest.approx(1 / 3)  # the floor with two seeds per group
+
+
+def test_bad_study_config_one_line_error(tmp_path, capsys):
+    from medformer.study.__main__ import main
+
+    assert main(["--config", str(SMOKE), f"output_dir={tmp_path / 's'}", "modes=[probe]"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "modes" in err[0] and not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("name,flag", [("medformer_small", "adrenalmnist3d"), ("medformer_small", "retinamnist"),
+                                       ("resnet18", "pneumoniamnist"), ("resnet18", "adrenalmnist3d")])
+def test_explain_maps_cover_the_image(name, flag):
+    from medformer.config import ModelConfig
+    from medformer.data.domains import dataset_info
+    from medformer.models.factory import create_model
+    from medformer.study.explain import explain_maps, group_cases
+
+    info = dataset_info(flag)
+    model = create_model(ModelConfig(name=name, overrides={"depth": 1} if name.startswith("medformer") else {}), [info]).eval()
+    shape = (info.n_channels, 28, 28) if info.dim == "2d" else (1, 28, 28, 28)
+    maps, method = explain_maps(model, torch.randn(2, *shape), flag)
+    assert maps.shape == (2, *shape[1:]) and maps.min() >= 0 and maps.max() <= 1 and method
+    groups = group_cases(np.array([0.9, 0.8, 0.2, 0.1]), np.array([[1], [0], [1], [0]]), "binary-class", 1)
+    assert groups == {"TP": [0], "FP": [1], "FN": [2], "TN": [3]}
