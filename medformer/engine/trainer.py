@@ -87,10 +87,10 @@ def build_optimizer(
         raise ValueError("no trainable parameters: every parameter is frozen")
     optimizer = torch.optim.AdamW(param_groups, lr=train.lr)
     if train.schedule == "onecycle":
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=[g["lr"] for g in param_groups], total_steps=max(total_steps, 1),
-            pct_start=max(min(warmup_steps / max(total_steps, 1), 0.5), 0.01),
-        )
+        total = max(total_steps, 1)
+        # OneCycle divides by the length of its warm-up phase: keep it at least 1.5 steps
+        pct_start = min(max(min(warmup_steps / total, 0.5), 0.01, 1.5 / total), 0.99)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=train.lr, total_steps=total, pct_start=pct_start)
     elif train.schedule in ("cosine", "constant"):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(train.schedule, total_steps, warmup_steps))
     else:
