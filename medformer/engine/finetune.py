@@ -79,7 +79,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
         if init_report is not None:
-            (out / "init_report.json").write_text(json.dumps({k: v for k, v in init_report.items()}, indent=1))
+            (out / "init_report.json").write_text(json.dumps(init_report, indent=1))
     trainer = Trainer(
         cfg.train, SupervisedObjective(model), loader, out, accelerator,
         loss_weights=cfg.loss_weights, evaluate=lambda m: evaluate_tasks(m, val, accelerator),
