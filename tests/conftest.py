@@ -14,6 +14,16 @@ REPO = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """In-process runs each build an Accelerator; its process-wide state must not leak."""
+    yield
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
 @pytest.fixture
 def shared_root() -> Path:
     if not (SHARED_MEDMNIST / "pneumoniamnist.npz").is_file():

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from accelerate.state import AcceleratorState, GradientState
 from safetensors.torch import load_file
 
 from finetune.__main__ import main as finetune_main
@@ -23,11 +22,6 @@ CONFIG = str(REPO / "configs" / "finetune" / "pneumoniamnist_small.yaml")
 TINY = ["model.overrides.depth=1", "train.progress=false", "train.log_every=1"]
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
 
 
 def run(args: list[str]) -> int:

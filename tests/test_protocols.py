@@ -42,15 +42,6 @@ TINY = ["model.overrides.depth=1", "train.progress=false", "train.log_every=50"]
 TINY_MF = ModelConfig(name="medformer_small", overrides={"depth": 1})
 
 
-@pytest.fixture(autouse=True)
-def one_thread_and_fresh_accelerate():
-    """One torch thread: on 2 busy cores two threads make small matmuls ~30x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
 
 
 def pneumonia_batch(n: int = 8):

@@ -42,13 +42,6 @@ TINY_ARGS = [f"model.overrides.{k}={v}" for k, v in TINY.items()]
 TINY_HEADS = {"proj_hidden_dim": 64, "proj_output_dim": 32, "pred_hidden_dim": 64}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on this shared 2-core machine run many times faster on one intra-op thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -31,14 +31,6 @@ REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "study" / "smoke.yaml"
 
 
-@pytest.fixture(autouse=True)
-def one_thread_and_fresh_accelerate():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
 
 
 def read_rows(path: Path) -> list[dict]:
