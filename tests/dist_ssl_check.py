@@ -1,4 +1,5 @@
-"""Distributed equality check of every SSL method (a script, not a test module).
+"""Distributed equality check of every SSL method and of pseudo-label classification, alone and
+summed with VICReg (a script, not a test module).
 
     python tests/dist_ssl_check.py OUT.pt [--dtype float64] [METHOD ...]    # one process, global batch
     torchrun --standalone --nproc_per_node 2 tests/dist_ssl_check.py OUT.pt  # each rank its half
@@ -30,6 +31,7 @@ from medformer.config import ModelConfig
 from medformer.data.batch import make_inputs
 from medformer.data.domains import dataset_info
 from medformer.models.factory import create_model
+from medformer.objectives.pseudolabel import PseudoLabelObjective
 from medformer.objectives.ssl import SSL_METHODS, build_ssl_objective
 from medformer.objectives.ssl_config import SSLConfig
 
@@ -37,6 +39,29 @@ GLOBAL_BATCH = 8
 STEPS = 2
 TINY_MODEL = {"depth": 1, "hidden_dim": 32, "heads": 2, "latent_dim": 16, "num_latent_tokens": 4}
 DATASETS = ("pneumoniamnist", "adrenalmnist3d")
+PSEUDOLABEL_METHODS = ("pseudolabel", "vicreg+pseudolabel")
+N_PSEUDOLABELS = 3
+
+
+def all_methods() -> list[str]:
+    return [*sorted(SSL_METHODS), *PSEUDOLABEL_METHODS]
+
+
+def build_objective(method: str, model: torch.nn.Module) -> torch.nn.Module:
+    """An SSL objective, or pseudo-label classification alone / around an SSL objective."""
+    ssl_method, _, pseudolabel = method.partition("+")
+    if ssl_method == "pseudolabel":
+        return PseudoLabelObjective(model, N_PSEUDOLABELS)
+    ssl = build_ssl_objective(ssl_method, model, ssl_config(ssl_method))
+    return PseudoLabelObjective(model, N_PSEUDOLABELS, ssl) if pseudolabel else ssl
+
+
+def local_pseudolabels(rank: int, world: int) -> torch.Tensor:
+    """Cluster ids of the local rows (one global row unlabeled: -1)."""
+    labels = torch.arange(GLOBAL_BATCH) % N_PSEUDOLABELS
+    labels[1] = -1
+    n = GLOBAL_BATCH // world
+    return labels[rank * n:(rank + 1) * n]
 
 
 def ssl_config(method: str) -> SSLConfig:
@@ -69,7 +94,7 @@ def flat_grad(params: list[torch.nn.Parameter]) -> torch.Tensor:
 
 def trainable(module: torch.nn.Module, heads_only: bool = False) -> list[torch.nn.Parameter]:
     return [p for n, p in module.named_parameters()
-            if p.requires_grad and not (heads_only and n.startswith("model."))]
+            if p.requires_grad and not (heads_only and n.startswith("model.") and "pseudolabel" not in n)]
 
 
 @torch.no_grad()
@@ -86,11 +111,11 @@ def check_method(method: str, rank: int, world: int, dtype: torch.dtype = torch.
     torch.manual_seed(0)
     infos = [dataset_info(f) for f in DATASETS]
     model = create_model(ModelConfig(overrides=dict(TINY_MODEL)), infos, 28)
-    objective = build_ssl_objective(method, model, ssl_config(method)).to(dtype)
+    objective = build_objective(method, model).to(dtype)
     wrapped = DistributedDataParallel(objective, find_unused_parameters=True) if world > 1 else objective
     record: dict = {"losses": [], "encoder_grad": [], "head_grad": [], "momentum": []}
     for step, batch in enumerate(global_batches(), start=1):
-        losses = wrapped({"views": local_views(batch, rank, world, dtype)})
+        losses = wrapped({"views": local_views(batch, rank, world, dtype), "pseudolabels": local_pseudolabels(rank, world)})
         sum(losses.values()).backward()
         terms = torch.stack([v.detach() for v in losses.values()])
         if world > 1:
@@ -116,7 +141,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--pretrain", nargs=argparse.REMAINDER, default=None,
                         help="then run `pretrain` with these arguments in the same processes (saves a launch)")
     args = parser.parse_args(argv)
-    out, methods = args.out, args.methods or sorted(SSL_METHODS)
+    out, methods = args.out, args.methods or all_methods()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:
         dist.init_process_group("gloo")

@@ -87,7 +87,8 @@ def collate(samples: list[dict]) -> dict:
     """Collate dataset items (image may be one tensor or a list of views) into a batch.
 
     Returns {"inputs": Inputs, or "views": [Inputs, ...] for multi-view samples,
-    "targets": {task: labels of that task's rows, ascending}, "index", "dataset"}.
+    "targets": {task: labels of that task's rows, ascending}, "index", "dataset"}, plus
+    "pseudolabels" [B] when items carry a cluster label.
     """
     datasets = [s["dataset"] for s in samples]
     opt = lambda key: [s[key] for s in samples] if key in samples[0] else None  # noqa: E731
@@ -110,6 +111,8 @@ def collate(samples: list[dict]) -> dict:
             t: torch.stack([s["label"] for s, st in zip(samples, task) if st == t])
             for t in dict.fromkeys(task)
         }
+    if "pseudolabel" in samples[0]:
+        batch["pseudolabels"] = torch.tensor([s["pseudolabel"] for s in samples], dtype=torch.long)
     if "aux" in samples[0]:
         aux = torch.stack([s["aux"] for s in samples])
         for inputs in batch.get("views", [batch.get("inputs")]):

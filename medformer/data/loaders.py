@@ -6,7 +6,7 @@ import zlib
 from collections.abc import Callable
 
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 
 from ..config import AugmentConfig, DataConfig
 from .batch import collate
@@ -78,10 +78,13 @@ def train_dataset(
     return EpochConcat(parts)
 
 
-def train_loader(dataset: Dataset, batch_size: int, num_workers: int = 0, seed: int = 0) -> DataLoader:
+def train_loader(
+    dataset: Dataset, batch_size: int, num_workers: int = 0, seed: int = 0, sampler: Sampler | None = None
+) -> DataLoader:
+    """Shuffled (seeded) unless a sampler is given; incomplete last batches dropped."""
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
-        dataset, batch_size=batch_size, shuffle=True, drop_last=True, collate_fn=collate,
+        dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler, drop_last=True, collate_fn=collate,
         num_workers=num_workers, generator=generator, persistent_workers=False,
         pin_memory=torch.cuda.is_available(),
     )

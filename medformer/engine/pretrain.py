@@ -1,4 +1,4 @@
-"""A self-supervised pretraining run: config -> multi-view data -> model -> SSL objective -> engine.
+"""A pretraining run: config -> multi-view data -> model -> SSL and/or pseudo-label objective -> engine.
 
 Writes into output_dir: config.yaml, TensorBoard logs, checkpoints (Trainer), and after every
 epoch (and so at the end) `encoder.safetensors` (the encoder model's state_dict, domain latents
@@ -30,7 +30,9 @@ from ..data.transforms import MultiViewTransform, eval_transform
 from ..eval.probe import extract_features, knn_eval
 from ..models.factory import create_model
 from ..objectives.ssl import SSL_METHODS, CollapseDetector, SSLObjective, build_ssl_objective
+from ..objectives.pseudolabel import PseudoLabelObjective
 from ..objectives.ssl_config import MonitorConfig, PretrainConfig
+from ..pseudolabels.targets import BalancedSampler, PseudoLabeled, Reclustering, align_labels, class_counts, read_label_table
 from .checkpoint import save_weights
 from .trainer import Trainer, make_accelerator
 
@@ -110,13 +112,15 @@ class PretrainMonitor:
             self.embedding_step = step
         return self.embedding
 
-    def __call__(self, step: int, objective: SSLObjective) -> dict[str, float] | None:
+    def __call__(self, step: int, objective: SSLObjective | PseudoLabelObjective) -> dict[str, float] | None:
         logs: dict[str, float] = {}
         self.objective = objective
         self.window.append({k: float(v) for k, v in objective.last_losses.items()})
         if self.acc.is_main_process:
             if step % self.cfg.monitor.every == 0 or step == 1:
                 logs.update(self.update_embedding(step))
+                if isinstance(objective, PseudoLabelObjective):
+                    logs["pseudolabel/train_acc"] = objective.last_accuracy
             every = self.cfg.monitor.knn_every
             if self.knn is not None and every and step % every == 0:
                 self.knn_metrics = self.knn(objective.model)
@@ -136,11 +140,17 @@ class PretrainMonitor:
             self.trainer.total_steps = step
 
 
+def method_name(cfg: PretrainConfig) -> str:
+    """vicreg, pseudolabel, or vicreg+pseudolabel."""
+    parts = [cfg.ssl.method] if cfg.ssl.method != "none" else []
+    return "+".join(parts + (["pseudolabel"] if cfg.pseudolabel.labels else []))
+
+
 def model_card(cfg: PretrainConfig, trainer: Trainer, monitor: PretrainMonitor, n_samples: dict[str, int]) -> dict:
     st = trainer.state
     return {
-        "kind": "medformer SSL encoder",
-        "method": cfg.ssl.method,
+        "kind": "medformer pretrained encoder",
+        "method": method_name(cfg),
         "weights": ENCODER_FILE,
         "model": {"name": cfg.model.name, "overrides": cfg.model.overrides,
                   "embed_dim": int(getattr(trainer.model, "embed_dim", 0))},
@@ -198,13 +208,34 @@ def _write_json(path: Path, obj) -> None:
     tmp.replace(path)
 
 
+def check_objectives(cfg: PretrainConfig) -> None:
+    ssl_on = cfg.ssl.method != "none"
+    if ssl_on and cfg.ssl.method not in SSL_METHODS:
+        raise ValueError(f"unknown ssl.method {cfg.ssl.method!r}; choose from {', '.join(sorted(SSL_METHODS))}, none")
+    if not ssl_on and not cfg.pseudolabel.labels:
+        raise ValueError("nothing to train: ssl.method=none needs pseudolabel.labels=<pseudolabel output_dir>")
+    if ssl_on and cfg.views.n_views < 2:
+        raise ValueError(f"views.n_views must be >= 2 for SSL, got {cfg.views.n_views}")
+    if cfg.views.n_views < 1:
+        raise ValueError(f"views.n_views must be >= 1, got {cfg.views.n_views}")
+    if cfg.pseudolabel.recluster_every < 0:
+        raise ValueError(f"pseudolabel.recluster_every must be >= 0, got {cfg.pseudolabel.recluster_every}")
+
+
+def pseudolabel_head_size(cfg: PretrainConfig, labels: np.ndarray) -> tuple[int, int]:
+    """(head outputs, k of re-clustering): the head covers the file's labels and the new k."""
+    in_file = int(labels.max()) + 1
+    k = cfg.pseudolabel.recluster_k or in_file
+    if k < 2:
+        raise ValueError(f"pseudolabel.recluster_k must be >= 2, got {k}")
+    return max(in_file, k), k
+
+
 def run_pretrain(cfg: PretrainConfig) -> dict:
     """Pretrain, exporting the encoder each epoch; returns the content of metrics.json."""
     out = Path(cfg.output_dir)
-    if cfg.ssl.method not in SSL_METHODS:
-        raise ValueError(f"unknown ssl.method {cfg.ssl.method!r}; choose from {', '.join(sorted(SSL_METHODS))}")
-    if cfg.views.n_views < 2:
-        raise ValueError(f"views.n_views must be >= 2 for SSL, got {cfg.views.n_views}")
+    check_objectives(cfg)
+    label_table = read_label_table(cfg.pseudolabel.labels) if cfg.pseudolabel.labels else None
     infos = [dataset_info(f) for f in cfg.data.datasets]  # unknown flags fail before any output
     if cfg.resume and Path(cfg.resume).resolve() != out.resolve():
         raise ValueError(f"resume={cfg.resume} must equal output_dir={cfg.output_dir} (a run continues in place)")
@@ -216,9 +247,22 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     set_seed(cfg.seed)
     dataset = train_dataset(data, lambda dim: MultiViewTransform(cfg.views, dim), cfg.seed)
     n_samples = {flag: len(part) for flag, part in zip(data.datasets, dataset.datasets, strict=True)}
-    loader = train_loader(dataset, cfg.train.batch_size, data.num_workers, cfg.seed)
     model = create_model(cfg.model, infos, data.size)
-    objective = build_ssl_objective(cfg.ssl.method, model, cfg.ssl)
+    objective = build_ssl_objective(cfg.ssl.method, model, cfg.ssl) if cfg.ssl.method != "none" else None
+    sampler = reclustering = None
+    if label_table is not None:
+        pl = cfg.pseudolabel
+        dataset = PseudoLabeled(dataset, align_labels(dataset, label_table))
+        logger.info("pseudo-labels for %d of %d samples, %s", (dataset.labels >= 0).sum(), len(dataset),
+                    class_counts(dataset.labels))
+        n_outputs, k = pseudolabel_head_size(cfg, dataset.labels)
+        objective = PseudoLabelObjective(model, n_outputs, objective, pl.label_smoothing, cfg.ssl.sync_batchnorm)
+        if pl.balanced:
+            sampler = BalancedSampler(dataset, cfg.seed, keep_unlabeled=cfg.ssl.method != "none")
+        if pl.recluster_every:
+            reclustering = Reclustering(dataset, pl.recluster_every, k, n_outputs, cfg.seed,
+                                        cfg.train.batch_size, out, accelerator)
+    loader = train_loader(dataset, cfg.train.batch_size, data.num_workers, cfg.seed, sampler)
     knn = None
     if cfg.monitor.knn_every and accelerator.is_main_process:
         knn = KnnProbe(data, cfg.monitor, cfg.train.batch_size)
@@ -229,25 +273,27 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
 
     def export(encoder: torch.nn.Module, output_dir: Path) -> None:
         card = model_card(cfg, trainer, monitor, n_samples)
-        save_weights(encoder, Path(output_dir) / ENCODER_FILE, {"method": cfg.ssl.method, "step": trainer.state.step})
+        save_weights(encoder, Path(output_dir) / ENCODER_FILE, {"method": method_name(cfg), "step": trainer.state.step})
         _write_json(Path(output_dir) / "model_card.json", card)
         (Path(output_dir) / "model_card.md").write_text(card_markdown(card))
 
     trainer = Trainer(
         cfg.train, objective, loader, out, accelerator, loss_weights=cfg.loss_weights, export=export,
-        run_config=to_dict(cfg), step_callback=monitor,
+        run_config=to_dict(cfg), step_callback=monitor, epoch_start=reclustering,
     )
     if cfg.resume:
         trainer.resume(cfg.resume)
     monitor.start(trainer)
     trainer.fit()
     metrics = {
-        "method": cfg.ssl.method,
+        "method": method_name(cfg),
         "steps": trainer.state.step,
         "final_loss": monitor.recent_losses(),
         "embedding": monitor.embedding,
         "knn": monitor.knn_metrics,
     }
+    if reclustering is not None:
+        metrics["reclustering"] = reclustering.history
     if accelerator.is_main_process:
         _write_json(out / "metrics.json", metrics)
         _write_json(out / "train_stats.json", {**trainer.stats(), "history": trainer.history,

@@ -120,7 +120,8 @@ class Trainer:
     """Owns the loop. Hooks: `evaluate(model) -> {task: metrics}` each epoch, the objective's
     `on_step_end(step, total_steps)` (momentum updates), `step_callback(step, objective)` (monitors),
     `export(model, output_dir)` each epoch on rank 0, `lr_scale(name)` per-parameter LR factors
-    (names as in objective.named_parameters())."""
+    (names as in objective.named_parameters()), `epoch_start(epoch, model)` on every rank before
+    an epoch's batches are drawn (re-clustering pseudo-labels)."""
 
     def __init__(
         self,
@@ -135,6 +136,7 @@ class Trainer:
         run_config: dict | None = None,
         step_callback: Callable[[int, nn.Module], dict[str, float] | None] | None = None,
         lr_scale: Callable[[str], float] | None = None,
+        epoch_start: Callable[[int, nn.Module], None] | None = None,
     ):
         self.cfg = train
         self.acc = accelerator
@@ -143,6 +145,7 @@ class Trainer:
         self.evaluate_fn = evaluate
         self.export_fn = export
         self.step_callback = step_callback  # (step, unwrapped objective) -> scalars to log, on every rank
+        self.epoch_start = epoch_start
         steps_per_epoch = math.ceil(len(train_loader) / max(1, self.acc.num_processes) / train.grad_accum)
         total = train.epochs * steps_per_epoch
         self.total_steps = min(total, train.max_steps) if train.max_steps else total
@@ -246,6 +249,8 @@ class Trainer:
         last_metrics: dict = {}
         stop = st.step >= self.total_steps
         while st.epoch < cfg.epochs and not stop:
+            if self.epoch_start is not None:
+                self.epoch_start(st.epoch, self.model)
             self._set_epoch(st.epoch)
             loader = self.train_loader
             if st.batches_in_epoch:

@@ -123,10 +123,14 @@ class CNNModel(nn.Module):
         return out
 
     def forward(self, inputs: Inputs) -> dict[str, torch.Tensor]:
+        return self.encode_and_classify(inputs)[1]
+
+    def encode_and_classify(self, inputs: Inputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """`encode` and `forward` from one pass through the encoder."""
         feats = self.encode(inputs)
         out = {}
         for task in dict.fromkeys(inputs.task):
             if task not in self.heads:
                 raise KeyError(f"model has no head for task {task!r}; heads: {sorted(self.heads)}")
             out[task] = self.heads[task](feats[inputs.rows_of_task(task).to(feats.device)])
-        return out
+        return feats, out

@@ -251,6 +251,11 @@ class Medformer(nn.Module):
         """Logits per task, for the rows of that task in ascending order."""
         return self.output_adapt(self.tokens(inputs), inputs)
 
+    def encode_and_classify(self, inputs: Inputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """`encode` and `forward` from one pass through the body (SSL + pseudo-label runs)."""
+        tokens = self.tokens(inputs)
+        return tokens.mean(1), self.output_adapt(tokens, inputs)
+
     def config_dict(self) -> dict:
         return asdict(self.cfg)
 

@@ -13,7 +13,7 @@ class SSLConfig:
     """The SSL method and its heads/loss. `None` means the method's default for the model size
     (small: embed_dim <= 256, e.g. expander 3x1024; large: e.g. expander 3x8192)."""
 
-    method: str = "vicreg"  # simclr | mocov2 | mocov3 | byol | barlowtwins | vicreg | vicreg_thesis
+    method: str = "vicreg"  # simclr | mocov2 | mocov3 | byol | barlowtwins | vicreg | vicreg_thesis | none
     proj_hidden_dim: int | None = None
     proj_output_dim: int | None = None
     proj_layers: int | None = None  # vicreg/vicreg_thesis/simclr/mocov2/mocov3
@@ -48,6 +48,18 @@ class MonitorConfig:
 
 
 @dataclass
+class PseudoLabelTrainConfig:
+    """Pseudo-label classification (cluster labels from `medformer pseudolabel`), alone
+    (ssl.method: none) or summed with the SSL objective; weight it with loss_weights."""
+
+    labels: str | None = None  # output_dir of a `medformer pseudolabel` run over the same train splits
+    balanced: bool = True  # class-balanced sampling (each cluster drawn equally often)
+    label_smoothing: float = 0.0
+    recluster_every: int = 0  # DeepCluster-style: re-cluster with the current encoder every N epochs (0: never)
+    recluster_k: int | None = None  # default: the number of labels in the labels file
+
+
+@dataclass
 class PretrainConfig:
     data: DataConfig = field(default_factory=lambda: DataConfig(
         datasets=["pneumoniamnist", "breastmnist", "retinamnist", "adrenalmnist3d"]))
@@ -56,7 +68,8 @@ class PretrainConfig:
     views: ViewConfig = field(default_factory=ViewConfig)
     ssl: SSLConfig = field(default_factory=SSLConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    pseudolabel: PseudoLabelTrainConfig = field(default_factory=PseudoLabelTrainConfig)
     seed: int = 0
     output_dir: str = "runs/pretrain"
     resume: str | None = None  # output_dir of a run to continue
-    loss_weights: dict[str, float] = field(default_factory=dict)  # per loss term, e.g. ssl/variance
+    loss_weights: dict[str, float] = field(default_factory=dict)  # per loss term, e.g. ssl/variance, pseudolabel/ce

@@ -14,6 +14,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from ..config import ModelConfig
 from ..data.batch import collate
 from ..data.domains import DatasetInfo, dataset_info
+from ..data.transforms import Normalize
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,12 @@ def _fill_domains(samples: list[dict]) -> list[dict]:
 
 
 def _collate_for_encoding(samples: list[dict]) -> dict:
-    samples = [{k: v for k, v in s.items() if k not in ("label", "task")} for s in _fill_domains(samples)]
+    """Items with [0, 1] images -> a batch normalized as in training (the eval transform)."""
+    to_model = Normalize()
+    samples = [
+        {**{k: v for k, v in s.items() if k not in ("label", "task", "pseudolabel")}, "image": to_model(s["image"])}
+        for s in _fill_domains(samples)
+    ]
     return collate(samples)
 
 
@@ -96,8 +102,18 @@ def encoder_embeddings(
 ) -> np.ndarray:
     """`model.encode` of every item, in dataset order: float32 [N, hidden]."""
     model = build_encoder(checkpoint, dataset, model_name, image_size, overrides, seed)
+    return embed(model, dataset, batch_size)
+
+
+@torch.no_grad()
+def embed(model: torch.nn.Module, dataset: Dataset, batch_size: int = 256) -> np.ndarray:
+    """`model.encode` (eval mode, on the model's device) of every [0, 1] item: float32 [N, hidden]."""
+    device = next(model.parameters()).device
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=_collate_for_encoding)
-    chunks = [model.encode(batch["inputs"]).float().cpu().numpy() for batch in loader]
+    was_training = model.training
+    model.eval()
+    chunks = [model.encode(batch["inputs"].to(device)).float().cpu().numpy() for batch in loader]
+    model.train(was_training)
     return np.concatenate(chunks) if chunks else np.zeros((0, 0), dtype=np.float32)
 
 

@@ -46,6 +46,8 @@ class SSLObjective(nn.Module):
         self.embed_dim = int(model.embed_dim)
         self.last_embeddings: Tensor | None = None
         self.last_losses: dict[str, Tensor] = {}
+        # what `encode` calls; a pseudo-label objective swaps in one that also classifies
+        self.encoder_fn: Callable[[Inputs], Tensor] = model.encode
 
     @property
     def is_small(self) -> bool:
@@ -58,7 +60,7 @@ class SSLObjective(nn.Module):
         return small if self.is_small else large
 
     def encode(self, inputs: Inputs) -> Tensor:
-        return self.model.encode(inputs)
+        return self.encoder_fn(inputs)
 
     def remember(self, representation: Tensor) -> None:
         self.last_embeddings = representation.detach()

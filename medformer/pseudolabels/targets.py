@@ -1,0 +1,197 @@
+"""Pseudo-labels as training targets: a `medformer pseudolabel` run's labels aligned to the
+pretraining set, class-balanced sampling, and DeepCluster-style re-clustering between epochs."""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from scipy.optimize import linear_sum_assignment
+from torch.utils.data import ConcatDataset, Dataset, Sampler
+
+from ..data.loaders import EpochConcat, SeededTransform
+from .clustering import cluster_grid
+from .features import embed, fuse
+
+log = logging.getLogger(__name__)
+
+UNLABELED = -1  # dropped by the entropy filter, or not in the clustered pool
+
+
+class PseudoLabelError(ValueError):
+    """A labels folder that cannot be used for this pretraining run."""
+
+
+def read_label_table(labels_dir: str | Path) -> dict[tuple[str, int], int]:
+    """(MedMNIST flag, index in its split) -> pseudo-label, from a `medformer pseudolabel` run."""
+    folder = Path(labels_dir)
+    path = folder / "labels.csv" if folder.is_dir() else folder
+    if not path.is_file():
+        raise PseudoLabelError(f"no pseudo-labels at {path}: run `medformer pseudolabel --config ...` first "
+                               "and set pseudolabel.labels to its output_dir")
+    run_config = path.parent / "config.yaml"
+    if run_config.is_file():
+        split = (yaml.safe_load(run_config.read_text()) or {}).get("data", {}).get("split", "train")
+        if split != "train":
+            raise PseudoLabelError(f"{path} labels the {split!r} split; pretraining reads train splits: "
+                                   "cluster with data.split=train")
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or not {"source", "source_index", "label"} <= set(rows[0]):
+        raise PseudoLabelError(f"{path} has no source/source_index/label columns: only labels of a MedMNIST "
+                               "pool (data.datasets) can be aligned to pretraining samples")
+    return {(r["source"], int(r["source_index"])): int(r["label"]) for r in rows}
+
+
+def align_labels(dataset: EpochConcat, table: dict[tuple[str, int], int]) -> np.ndarray:
+    """One pseudo-label per sample of `dataset` (UNLABELED where the table has none)."""
+    labels = []
+    for part in dataset.datasets:
+        base = part.base if isinstance(part, SeededTransform) else part
+        labels += [table.get((base.flag, int(i)), UNLABELED) for i in base.indices]
+    out = np.asarray(labels, dtype=np.int64)
+    if not (out >= 0).any():
+        pool = sorted({flag for flag, _ in table})
+        raise PseudoLabelError(f"no pretraining sample has a pseudo-label: the labels cover {pool}, "
+                               f"pretraining reads {[p.base.flag for p in dataset.datasets]}")
+    return out
+
+
+class PseudoLabeled(Dataset):
+    """Adds `pseudolabel` to every item of `base`; `labels` may be replaced between epochs."""
+
+    def __init__(self, base: EpochConcat, labels: np.ndarray):
+        if len(labels) != len(base):
+            raise ValueError(f"{len(labels)} pseudo-labels for {len(base)} samples")
+        self.base = base
+        self.labels = labels
+
+    def set_epoch(self, epoch: int) -> None:
+        self.base.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict:
+        return {**self.base[i], "pseudolabel": int(self.labels[i])}
+
+
+class BalancedSampler(Sampler[int]):
+    """Draws len(dataset) samples per epoch with replacement, each class equally often.
+
+    Unlabeled samples are drawn with the mean labeled weight when `keep_unlabeled` (they still
+    feed an SSL objective), else never. The draw depends only on (seed, epoch), so every process
+    and a resumed run see the same order.
+    """
+
+    def __init__(self, dataset: PseudoLabeled, seed: int, keep_unlabeled: bool):
+        self.dataset = dataset
+        self.seed = seed
+        self.keep_unlabeled = keep_unlabeled
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def weights(self) -> torch.Tensor:
+        labels = torch.as_tensor(self.dataset.labels)
+        labeled = labels >= 0
+        counts = torch.bincount(labels[labeled])
+        w = torch.zeros(len(labels), dtype=torch.float64)
+        w[labeled] = 1.0 / counts[labels[labeled]].double()
+        if self.keep_unlabeled and (~labeled).any():
+            w[~labeled] = w[labeled].mean()
+        return w
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        yield from torch.multinomial(self.weights(), len(self), replacement=True, generator=generator).tolist()
+
+
+def class_counts(labels: np.ndarray) -> dict[int, int]:
+    values, counts = np.unique(labels[labels >= 0], return_counts=True)
+    return {int(v): int(c) for v, c in zip(values, counts, strict=True)}
+
+
+def match_to_previous(new: np.ndarray, old: np.ndarray, n_outputs: int) -> np.ndarray:
+    """Renumber `new` clusters (ids < n_outputs) to agree most with `old` (Hungarian matching on
+    the overlap), so the classification head keeps its meaning across re-clusterings instead of
+    being re-initialised as in DeepCluster."""
+    n_new = int(new.max()) + 1
+    both = old >= 0
+    overlap = np.zeros((n_new, n_outputs), dtype=np.int64)
+    np.add.at(overlap, (new[both], old[both]), 1)
+    rows, cols = linear_sum_assignment(-overlap)
+    mapping = np.empty(n_new, dtype=np.int64)
+    mapping[rows] = cols
+    return mapping[new]
+
+
+def embed_pretraining_set(model: torch.nn.Module, dataset: EpochConcat, batch_size: int) -> np.ndarray:
+    """Encoder features of every pretraining sample without augmentation."""
+    return embed(model, ConcatDataset([p.base for p in dataset.datasets]), batch_size)
+
+
+def recluster(features: np.ndarray, k: int, previous: np.ndarray, n_outputs: int, seed: int) -> np.ndarray:
+    """k-means (as `medformer pseudolabel` clusters) renumbered to match the previous labels."""
+    new = cluster_grid(fuse([features]), [k], seed)[k]["labels"]
+    return match_to_previous(new, previous, n_outputs)
+
+
+class Reclustering:
+    """DeepCluster-style iteration: every `every` epochs, embed the pretraining set with the current
+    encoder, re-run k-means and replace the labels. The main process clusters and broadcasts; the
+    labels of each re-clustering are saved in `<output_dir>/pseudolabels/` so a resumed run reuses
+    them instead of clustering again with later weights."""
+
+    def __init__(self, dataset: PseudoLabeled, every: int, k: int, n_outputs: int, seed: int,
+                 batch_size: int, output_dir: Path, accelerator):
+        self.dataset = dataset
+        self.every = every
+        self.k = k
+        self.n_outputs = n_outputs
+        self.seed = seed
+        self.batch_size = batch_size
+        self.folder = Path(output_dir) / "pseudolabels"
+        self.acc = accelerator
+        self.applied_epoch = 0  # epoch of the labels in use (0: the labels file)
+        self.history: list[dict] = []
+
+    def labels_file(self, epoch: int) -> Path:
+        return self.folder / f"epoch_{epoch:04d}.npy"
+
+    def __call__(self, epoch: int, model: torch.nn.Module) -> None:
+        due = (epoch // self.every) * self.every if self.every else 0
+        if due == 0 or due == self.applied_epoch:
+            return
+        labels = torch.zeros(len(self.dataset), dtype=torch.long, device=self.acc.device)
+        if self.acc.is_main_process:
+            path = self.labels_file(due)
+            if path.is_file():
+                new = np.load(path)
+            else:
+                base = self.dataset.base
+                new = recluster(embed_pretraining_set(model, base, self.batch_size), self.k,
+                                self.dataset.labels, self.n_outputs, self.seed + due)
+                self.folder.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(".tmp.npy")
+                np.save(tmp, new)
+                tmp.replace(path)
+            changed = float((new != self.dataset.labels).mean())
+            self.history.append({"epoch": due, "changed_fraction": changed, "counts": class_counts(new)})
+            log.info("re-clustered at epoch %d: %.1f%% of the labels changed", due, 100 * changed)
+            labels.copy_(torch.as_tensor(new))
+        if self.acc.num_processes > 1:
+            from accelerate.utils import broadcast
+
+            labels = broadcast(labels, from_process=0)
+        self.dataset.labels = labels.cpu().numpy()
+        self.applied_epoch = due
