@@ -152,3 +152,51 @@ def test_explain_maps_cover_the_image(name, flag):
     assert maps.shape == (2, *shape[1:]) and maps.min() >= 0 and maps.max() <= 1 and method
     groups = group_cases(np.array([0.9, 0.8, 0.2, 0.1]), np.array([[1], [0], [1], [0]]), "binary-class", 1)
     assert groups == {"TP": [0], "FP": [1], "FN": [2], "TN": [3]}
+
+
+def test_study_runs_its_pretraining_stages_then_cells_in_worker_processes(shared_root, tmp_path):
+    """pseudolabels -> pretrain (pseudo-label and VICReg) -> fine-tune cells from them, 2 workers."""
+    tiny = {"depth": 1, "hidden_dim": 32, "heads": 2, "latent_dim": 16, "num_latent_tokens": 4}
+    small_run = {"model.overrides": tiny, "data.datasets": ["breastmnist", "retinamnist"],
+                 "data.max_train_samples": 64, "train.batch_size": 16, "train.epochs": 2, "monitor.knn_every": 0}
+    stages = {"pool": {"config": "configs/pseudolabel/medmnist_pool_small.yaml", "overrides": {
+        "data.datasets": ["breastmnist", "retinamnist"], "data.max_samples_per_dataset": 64,
+        "model_overrides": tiny, "tsne_points": 50}}}
+    pretrain = {
+        "pl": {"config": "configs/pretrain/pseudolabel_small.yaml",
+               "overrides": {"pseudolabel.labels": "pseudolabels:pool", **small_run}},
+        "vicreg": {"config": "configs/pretrain/vicreg_small.yaml",
+                   "overrides": {"ssl.proj_hidden_dim": 32, "ssl.proj_output_dim": 32, **small_run}},
+    }
+    finetune = {"model.overrides": tiny, "data.max_train_samples": 64, "train.epochs": 1, "train.batch_size": 16}
+    out = tmp_path / "study"
+    overrides = [f"data.root={shared_root}", f"output_dir={out}", f"pseudolabels={json.dumps(stages)}", f"pretrain={json.dumps(pretrain)}",
+                 "inits={scratch: scratch, pl: 'pretrain:pl', vicreg: 'pretrain:vicreg'}", "label_fractions=[1.0]",
+                 "seeds=[0]", "isolation=workers", "jobs=2", "explain.enabled=false",
+                 f"finetune={json.dumps(finetune)}"]
+    rows = run_study(load_config(StudyConfig, SMOKE, overrides))
+    assert [r["status"] for r in rows] == ["done"] * 3, [r.get("error") for r in rows]
+    for init in ("pl", "vicreg"):
+        report = json.loads((out / "cells" / f"{init}-medformer_small-breastmnist-f1-s0-full" / "init_report.json").read_text())
+        assert report["matched"] and not report["missing"]
+        assert "INFO" in (out / "cells" / f"{init}-medformer_small-breastmnist-f1-s0-full" / "log.txt").read_text()
+    assert json.loads((out / "pretrain" / "pl" / "metrics.json").read_text())["method"] == "pseudolabel"
+    text = (out / "report.md").read_text()
+    assert "pseudo-labels `pool`" in text and "pretraining `pl`" in text and "harmonic mean" in text
+
+    log_lines = len((out / "study.log").read_text().splitlines())
+    run_study(load_config(StudyConfig, SMOKE, overrides))  # everything done: all skipped
+    new_log = (out / "study.log").read_text().splitlines()[log_lines:]
+    assert sum(" skip " in ln for ln in new_log) == 1 + 2 + 3, new_log
+
+
+def test_a_mistyped_stage_stops_the_study_before_anything_runs(tmp_path, capsys):
+    from medformer.study.__main__ import main
+
+    out = tmp_path / "s"
+    bad = "{vicreg: {config: configs/pretrain/vicreg_small.yaml, overrides: {ssl.methd: vicreg}}}"
+    assert main(["--config", str(SMOKE), f"output_dir={out}", f"pretrain={bad}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pretrain.vicreg" in err[0] and "ssl.methd" in err[0] and not out.exists()
+    assert main(["--config", str(SMOKE), f"output_dir={out}", "inits={x: 'pretrain:nope'}"]) == 2
+    assert "names no stage" in capsys.readouterr().err and not out.exists()

@@ -10,7 +10,7 @@ from ..config import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_BASELINES = "../shared/reference/published_baselines.csv"  # relative to the repository
-ISOLATIONS = ("subprocess", "inprocess")
+ISOLATIONS = ("subprocess", "workers", "inprocess")
 
 
 @dataclass
@@ -27,6 +27,14 @@ class ExplainConfig:
 
 
 @dataclass
+class StageConfig:
+    """A pretraining-side run made before the grid (see medformer.study.stages)."""
+
+    config: str = ""  # YAML of the command (relative to the working directory or the repository)
+    overrides: dict[str, Any] = field(default_factory=dict)  # dotted or nested keys; "pseudolabels:<name>" refs
+
+
+@dataclass
 class StudyConfig:
     data: StudyDataConfig = field(default_factory=StudyDataConfig)
     inits: dict[str, str] = field(default_factory=lambda: {"scratch": "scratch"})  # name -> scratch | imagenet | checkpoint path
@@ -38,12 +46,16 @@ class StudyConfig:
     base_config: str | None = None  # finetune YAML every cell starts from (else FinetuneConfig defaults)
     output_dir: str = "runs/study"
     published_baselines: str | None = DEFAULT_BASELINES  # CSV of published results; null: none
-    isolation: str = "subprocess"  # subprocess: `python -m finetune` per cell; inprocess: same process (tests)
-    jobs: int = 1  # cells run at once (subprocess isolation only)
+    # subprocess: a `python -m finetune` process per cell; workers: `jobs` long-lived processes that
+    # each run cells one after another (no per-cell import cost); inprocess: this process (tests)
+    isolation: str = "subprocess"
+    jobs: int = 1  # cells run at once (subprocess and workers isolation)
     threads: int | None = None  # torch/OMP threads per cell; null: inherit
     retry_failed: bool = True  # rerun failed cells on the next invocation
     keep_resume_state: bool = False  # keep cells/<id>/checkpoints/last after a cell is done (~12 MB each, small model)
     explain: ExplainConfig = field(default_factory=ExplainConfig)
+    pseudolabels: dict[str, StageConfig] = field(default_factory=dict)  # name -> `medformer pseudolabel` run
+    pretrain: dict[str, StageConfig] = field(default_factory=dict)  # name -> `pretrain` run; inits "pretrain:<name>"
 
 
 def validate(cfg: StudyConfig) -> StudyConfig:
@@ -68,7 +80,25 @@ def validate(cfg: StudyConfig) -> StudyConfig:
         raise ConfigError(f"study config key 'isolation' must be one of {', '.join(ISOLATIONS)}, got {cfg.isolation!r}")
     if cfg.jobs < 1:
         raise ConfigError("study config key 'jobs' must be >= 1")
+    validate_stages(cfg)
     return cfg
+
+
+def validate_stages(cfg: StudyConfig) -> None:
+    """Every stage's config file and overrides load (typos fail now, not after earlier stages ran)."""
+    from .stages import check_stage, resolve_reference
+
+    for kind in ("pseudolabels", "pretrain"):
+        for name, stage in getattr(cfg, kind).items():
+            try:
+                check_stage(cfg, kind, name, stage)
+            except (ConfigError, ValueError) as e:
+                raise ConfigError(f"study stage {kind}.{name}: {e}") from None
+    try:
+        for value in cfg.inits.values():
+            resolve_reference(cfg, value)
+    except ValueError as e:
+        raise ConfigError(f"study config key 'inits': {e}") from None
 
 
 def resolve_baselines(path: str | None) -> Path | None:

@@ -12,7 +12,8 @@ from .config import StudyConfig, resolve_baselines, validate
 from .plots import convergence_plot, label_efficiency_plot, series_key
 from .report import write_report
 from .results import collect_rows, val_history, write_csv
-from .runner import run_cells
+from .runner import run_cells, study_log
+from .stages import resolved_inits, run_stages, stage_lines
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def explain_figures(cfg: StudyConfig, drows: list[dict], flag: str) -> dict[str,
 
 def summary_lines(cfg: StudyConfig) -> list[str]:
     inits = ", ".join(f"`{k}` = {v}" for k, v in cfg.inits.items())
-    return [
+    return [*stage_lines(cfg),
         f"- datasets: {', '.join(cfg.data.datasets)} at {cfg.data.size} px",
         f"- inits: {inits}",
         f"- models: {', '.join(cfg.models)}; modes: {', '.join(cfg.modes)}",
@@ -75,9 +76,11 @@ def summary_lines(cfg: StudyConfig) -> list[str]:
 def run_study(cfg: StudyConfig) -> list[dict]:
     """Run the grid (resumable), write results.csv and report.md; returns the rows."""
     validate(cfg)
-    cells = enumerate_cells(cfg)
     out = Path(cfg.output_dir)
-    run_cells(cfg, cells)
+    log = study_log(out)
+    run_stages(cfg, log)
+    cells = enumerate_cells(resolved_inits(cfg))
+    run_cells(cfg, cells, log)
     rows = collect_rows(cells, out / "cells")
     write_csv(rows, out / "results.csv")
     figures = study_figures(cfg, rows)

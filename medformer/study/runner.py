@@ -7,14 +7,16 @@ on the next invocation when `retry_failed`); the study always goes on to the nex
 
 from __future__ import annotations
 
+import contextlib
 import json
+import multiprocessing
 import os
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -135,7 +137,26 @@ def run_inprocess(cfg: StudyConfig, overrides: list[str], directory: Path) -> st
     return None
 
 
-def run_cell(cfg: StudyConfig, cell: Cell, log: Callable[[str], None]) -> CellOutcome:
+def run_in_worker(cfg: StudyConfig, overrides: list[str], directory: Path) -> str | None:
+    """run_inprocess in a worker process, its output (logging, warnings) in the cell's log.txt."""
+    import logging
+
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / "log.txt", "w") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
+        handler = logging.StreamHandler(fh)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        root = logging.getLogger()
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        try:
+            return run_inprocess(cfg, overrides, directory)
+        finally:
+            root.removeHandler(handler)
+
+
+def run_cell(
+    cfg: StudyConfig, cell: Cell, log: Callable[[str], None], train: Callable[[StudyConfig, list[str], Path], str | None]
+) -> CellOutcome:
     """Skip, resume or run one cell; record its status."""
     directory = cell_dir(cfg, cell)
     if is_done(directory):
@@ -151,8 +172,7 @@ def run_cell(cfg: StudyConfig, cell: Cell, log: Callable[[str], None]) -> CellOu
     error = precheck(cfg, cell, overrides)
     if error is None:
         log(f"{'resume' if resume else 'run'} {cell.id}")
-        runner = run_subprocess if cfg.isolation == "subprocess" else run_inprocess
-        error = runner(cfg, overrides, directory)
+        error = train(cfg, overrides, directory)
         if error is None and not is_done(directory):
             error = "finished without metrics.json"
     seconds = time.perf_counter() - t0
@@ -164,20 +184,27 @@ def run_cell(cfg: StudyConfig, cell: Cell, log: Callable[[str], None]) -> CellOu
     return CellOutcome(cell, result, error, seconds)
 
 
-def run_cells(cfg: StudyConfig, cells: list[Cell]) -> list[CellOutcome]:
-    """All cells, `cfg.jobs` at a time (subprocess isolation); appends to output_dir/study.log."""
-    out = Path(cfg.output_dir)
+def study_log(out: Path) -> Callable[[str], None]:
+    """A logger to stderr and to output_dir/study.log (appended)."""
     out.mkdir(parents=True, exist_ok=True)
-    log_path = out / LOG_FILE
 
     def log(message: str) -> None:
-        line = f"{_now()} {message}"
         print(f"study: {message}", file=sys.stderr, flush=True)
-        with open(log_path, "a") as fh:
-            fh.write(line + "\n")
+        with open(out / LOG_FILE, "a") as fh:
+            fh.write(f"{_now()} {message}\n")
 
-    jobs = cfg.jobs if cfg.isolation == "subprocess" else 1
-    if jobs == 1:
-        return [run_cell(cfg, c, log) for c in cells]
-    with ThreadPoolExecutor(jobs) as pool:
-        return list(pool.map(lambda c: run_cell(cfg, c, log), cells))
+    return log
+
+
+def run_cells(cfg: StudyConfig, cells: list[Cell], log: Callable[[str], None] | None = None) -> list[CellOutcome]:
+    """All cells, `cfg.jobs` at a time (subprocess isolation); logs to output_dir/study.log."""
+    log = log or study_log(Path(cfg.output_dir))
+    if cfg.isolation == "inprocess":
+        return [run_cell(cfg, c, log, run_inprocess) for c in cells]
+    with contextlib.ExitStack() as stack:
+        train = run_subprocess
+        if cfg.isolation == "workers":
+            workers = stack.enter_context(ProcessPoolExecutor(cfg.jobs, mp_context=multiprocessing.get_context("spawn")))
+            train = lambda *args: workers.submit(run_in_worker, *args).result()  # noqa: E731
+        pool = stack.enter_context(ThreadPoolExecutor(cfg.jobs))
+        return list(pool.map(lambda c: run_cell(cfg, c, log, train), cells))

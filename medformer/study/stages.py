@@ -1,0 +1,158 @@
+"""Pretraining stages of a study: `medformer pseudolabel` and `pretrain` runs made before the grid.
+
+A study config may declare them, so one command goes from raw data to the comparison:
+
+    pseudolabels:
+      pool: {config: configs/pseudolabel/medmnist_pool_small.yaml, overrides: {...}}
+    pretrain:
+      vicreg: {config: configs/pretrain/vicreg_small.yaml, overrides: {ssl.max_minutes: 3}}
+      pseudolabel: {config: configs/pretrain/pseudolabel_small.yaml,
+                    overrides: {pseudolabel.labels: "pseudolabels:pool"}}
+    inits: {scratch: scratch, vicreg: "pretrain:vicreg", pseudolabel: "pretrain:pseudolabel"}
+
+`pseudolabels:<name>` and `pretrain:<name>` (in overrides and inits) name the stage's output folder,
+`<output_dir>/pseudolabels/<name>` or `<output_dir>/pretrain/<name>`. Stages are resumable like
+cells: a stage with metrics.json is skipped, an interrupted pretraining run resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .cells import flatten, format_value
+from .config import REPO_ROOT, StageConfig, StudyConfig
+
+KINDS = ("pseudolabels", "pretrain")
+COMMANDS = {"pseudolabels": ["-m", "medformer", "pseudolabel"], "pretrain": ["-m", "pretrain"]}
+
+
+def stage_dir(cfg: StudyConfig, kind: str, name: str) -> Path:
+    return Path(cfg.output_dir).resolve() / kind / name
+
+
+def resolve_reference(cfg: StudyConfig, value: Any) -> Any:
+    """`pretrain:<name>` / `pseudolabels:<name>` -> that stage's folder; other values unchanged."""
+    if not isinstance(value, str):
+        return value
+    kind, sep, name = value.partition(":")
+    if not sep or kind not in KINDS:
+        return value
+    if name not in getattr(cfg, kind):
+        raise ValueError(f"{value!r} names no stage: the study declares {kind} {sorted(getattr(cfg, kind)) or 'none'}")
+    return str(stage_dir(cfg, kind, name))
+
+
+def resolve_config_path(path: str) -> str:
+    """As given (relative to the working directory), else relative to the repository."""
+    p = Path(path)
+    if p.is_file() or p.is_absolute():
+        return str(p)
+    return str(REPO_ROOT / p)
+
+
+def stage_overrides(cfg: StudyConfig, kind: str, name: str, stage: StageConfig) -> list[str]:
+    """`key=value` arguments of a stage: its own overrides, then data.root and output_dir."""
+    out = stage_dir(cfg, kind, name)
+    own: dict[str, Any] = {"output_dir": str(out)}
+    if cfg.data.root:
+        own["data.root"] = str(Path(cfg.data.root).expanduser().resolve())
+    if kind == "pretrain":
+        own["train.progress"] = False
+        if (out / "checkpoints" / "last" / "trainer_state.json").is_file():
+            own["resume"] = str(out)
+    merged = {k: resolve_reference(cfg, v) for k, v in {**flatten(stage.overrides), **own}.items()}
+    return [f"{k}={format_value(v)}" for k, v in merged.items()]
+
+
+def stage_command(cfg: StudyConfig, kind: str, name: str, stage: StageConfig) -> list[str]:
+    return [sys.executable, *COMMANDS[kind], "--config", resolve_config_path(stage.config),
+            *stage_overrides(cfg, kind, name, stage)]
+
+
+def check_stage(cfg: StudyConfig, kind: str, name: str, stage: StageConfig) -> None:
+    """Load the stage's config with its overrides (ConfigError/ValueError on any mistake)."""
+    from ..config import ConfigError, load_config
+    from ..objectives.ssl_config import PretrainConfig
+    from ..pseudolabels.run import PseudoLabelConfig
+
+    if not stage.config or not Path(resolve_config_path(stage.config)).is_file():
+        raise ConfigError(f"config file {stage.config!r} not found")
+    schema = PretrainConfig if kind == "pretrain" else PseudoLabelConfig
+    load_config(schema, resolve_config_path(stage.config), stage_overrides(cfg, kind, name, stage))
+
+
+def run_stage(cfg: StudyConfig, kind: str, name: str, stage: StageConfig, log: Callable[[str], None]) -> bool:
+    """Run one stage as a subprocess (log in its folder); True when its outputs are complete."""
+    out = stage_dir(cfg, kind, name)
+    if (out / "metrics.json").is_file():
+        log(f"skip {kind}/{name} (done)")
+        return True
+    cmd = stage_command(cfg, kind, name, stage)
+    env = dict(os.environ)
+    if cfg.threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(cfg.threads)
+    out.mkdir(parents=True, exist_ok=True)
+    log_file = out.parent / f"{name}.log"
+    log(f"run {kind}/{name}")
+    t0 = time.perf_counter()
+    with open(log_file, "w") as fh:
+        fh.write(" ".join(cmd) + "\n")
+        fh.flush()
+        rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT).returncode
+    ok = rc == 0 and (out / "metrics.json").is_file()
+    lines = [ln for ln in log_file.read_text().splitlines() if ln.strip()]
+    log(f"{'done' if ok else 'failed'} {kind}/{name} in {time.perf_counter() - t0:.0f}s"
+        + ("" if ok else f": {lines[-1] if lines else 'no output'} (log: {log_file})"))
+    return ok
+
+
+def run_stages(cfg: StudyConfig, log: Callable[[str], None]) -> dict[str, bool]:
+    """Pseudo-label stages one after another, then pretraining stages `cfg.jobs` at a time.
+
+    A failed stage does not stop the study: cells that use it fail with "no weights found"."""
+    done: dict[str, bool] = {}
+    for name, stage in cfg.pseudolabels.items():
+        done[f"pseudolabels:{name}"] = run_stage(cfg, "pseudolabels", name, stage, log)
+    items = list(cfg.pretrain.items())
+    with ThreadPoolExecutor(max(1, min(cfg.jobs, len(items) or 1))) as pool:
+        results = pool.map(lambda item: run_stage(cfg, "pretrain", item[0], item[1], log), items)
+        done.update({f"pretrain:{name}": ok for (name, _), ok in zip(items, results, strict=True)})
+    return done
+
+
+def resolved_inits(cfg: StudyConfig) -> StudyConfig:
+    """The config with stage references in `inits` replaced by the stages' folders."""
+    return dataclasses.replace(cfg, inits={k: resolve_reference(cfg, v) for k, v in cfg.inits.items()})
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def stage_lines(cfg: StudyConfig) -> list[str]:
+    """Report lines: what each stage ran and what it measured."""
+    lines = []
+    for name, stage in cfg.pseudolabels.items():
+        m = _read_json(stage_dir(cfg, "pseudolabels", name) / "metrics.json")
+        result = (f"{m['n_samples']} images, k={m['chosen_k']} (elbow {m['elbow_k']}), {m['n_labels']} labels kept, "
+                  f"harmonic mean of homogeneity/NMI {m['quality']['harmonic_mean']:.3f} "
+                  f"(shuffled labels {m['shuffled_baseline_harmonic_mean']:.3f})") if m else "not finished"
+        lines.append(f"- pseudo-labels `{name}` ({stage.config}, {flatten(stage.overrides) or 'no overrides'}): {result}")
+    for name, stage in cfg.pretrain.items():
+        folder = stage_dir(cfg, "pretrain", name)
+        m, s = _read_json(folder / "metrics.json"), _read_json(folder / "train_stats.json")
+        result = (f"{m['method']}, {m['steps']} steps in {s.get('train_seconds', 0) / 60:.1f} min "
+                  f"({s.get('train_samples_per_second')} img/s), final "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in m["final_loss"].items())) if m else "not finished"
+        lines.append(f"- pretraining `{name}` ({stage.config}, {flatten(stage.overrides) or 'no overrides'}): {result}")
+    return lines
