@@ -170,6 +170,26 @@ def test_imagenet_init_from_local_pretrained_file(tmp_path):
         create_model(missing, [dataset_info("pneumoniamnist")], pretrained=True)
 
 
+def test_imagenet_init_offline_fails_at_once_or_uses_the_hub_cache(monkeypatch, tmp_path):
+    import time
+
+    from medformer.models import cnn
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(cnn, "cached_hub_weights", lambda name: None)
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="unreachable and they are not cached.*model.pretrained_file"):
+        create_model(ModelConfig(name="resnet18"), [dataset_info("pneumoniamnist")], pretrained=True)
+    assert time.perf_counter() - t0 < 5  # no hub retries
+    import timm
+
+    reference = timm.create_model("resnet18", num_classes=0)
+    save_file(reference.state_dict(), str(tmp_path / "cached.safetensors"))
+    monkeypatch.setattr(cnn, "cached_hub_weights", lambda name: str(tmp_path / "cached.safetensors"))
+    model = create_model(ModelConfig(name="resnet18"), [dataset_info("pneumoniamnist")], pretrained=True)
+    assert torch.equal(model.encoder_2d.conv1.weight, reference.conv1.weight)
+
+
 # -- regression and segmentation heads ------------------------------------------------------------
 @pytest.fixture
 def synthetic_flag() -> str:

@@ -100,8 +100,17 @@ class PretrainMonitor:
         started = self._start if self._start is not None else time.perf_counter()
         return (self._seconds_before + time.perf_counter() - started) / 60
 
+    def global_losses(self, losses: dict[str, torch.Tensor]) -> dict[str, float]:
+        """The step's loss terms averaged over processes (the objective's terms are the same on every
+        rank, and their mean over ranks is the global-batch loss)."""
+        keys = sorted(losses)
+        values = torch.stack([losses[k].detach().float().reshape(()) for k in keys])
+        if self.acc.num_processes > 1:
+            values = self.acc.reduce(values, "mean")
+        return dict(zip(keys, values.tolist(), strict=True))
+
     def recent_losses(self) -> dict[str, float]:
-        """Mean of each loss term over the last `monitor.every` steps (main process's values)."""
+        """Mean of each loss term over the last `monitor.every` steps (averaged over processes)."""
         keys = {k for entry in self.window for k in entry}
         return {k: float(np.mean([e[k] for e in self.window if k in e])) for k in sorted(keys)}
 
@@ -115,7 +124,7 @@ class PretrainMonitor:
     def __call__(self, step: int, objective: SSLObjective | PseudoLabelObjective) -> dict[str, float] | None:
         logs: dict[str, float] = {}
         self.objective = objective
-        self.window.append({k: float(v) for k, v in objective.last_losses.items()})
+        self.window.append(self.global_losses(objective.last_losses))
         if self.acc.is_main_process:
             if step % self.cfg.monitor.every == 0 or step == 1:
                 logs.update(self.update_embedding(step))

@@ -227,6 +227,16 @@ class Trainer:
             over = self.acc.reduce(over, "sum")
         return over.item() > 0
 
+    def _mean_over_processes(self, logs: dict[str, float]) -> dict[str, float]:
+        """Each logged loss averaged over the processes that have it (tasks may differ per rank)."""
+        if self.acc.num_processes == 1:
+            return logs
+        from accelerate.utils import gather_object
+
+        everyone = gather_object([logs])
+        keys = dict.fromkeys(k for entry in everyone for k in entry)
+        return {k: sum(e[k] for e in everyone if k in e) / sum(k in e for e in everyone) for k in keys}
+
     def _check_finite(self, total: torch.Tensor, losses: dict) -> None:
         bad = (~torch.isfinite(total.detach())).float()
         if self.acc.num_processes > 1:
@@ -271,6 +281,7 @@ class Trainer:
                         self.acc.log(extra, step=st.step)
                 bar.update(1)
                 if st.step % cfg.log_every == 0 or st.step == 1:
+                    logs = self._mean_over_processes(logs)
                     logs["lr"] = self.scheduler.get_last_lr()[0]
                     self.acc.log(logs, step=st.step)
                     bar.set_postfix(loss=f"{logs['loss/total']:.4f}")

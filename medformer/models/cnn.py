@@ -6,6 +6,8 @@ engine, probes and clustering treat both alike.
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 
 import timm
@@ -36,10 +38,47 @@ def min_input_size(name: str, encoder: nn.Module) -> int:
     return next((size for prefix, size in _MIN_INPUT_SIZE.items() if name.startswith(prefix)), 1)
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers (huggingface_hub otherwise retries for ~50 s)."""
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def cached_hub_weights(name: str) -> str | None:
+    """The timm model's ImageNet weights file if it is in the local Hugging Face cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cfg = timm.models.get_pretrained_cfg(name.split(".")[0])
+    hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    for filename in ("model.safetensors", "pytorch_model.bin") if hub_id else ():
+        path = try_to_load_from_cache(hub_id, filename)
+        if isinstance(path, str):
+            return path
+    return None
+
+
 def create_encoder_2d(name: str, pretrained: bool, drop_rate: float, pretrained_file: str | None) -> nn.Module:
-    """timm encoder without classifier; clear one-line errors for unknown names and missing weights."""
+    """timm encoder without classifier; clear one-line errors for unknown names and missing weights.
+
+    Offline, ImageNet weights come from the local Hugging Face cache if they are there; otherwise
+    the error comes at once instead of after the hub client's retries."""
     if pretrained_file and not Path(pretrained_file).is_file():
         raise FileNotFoundError(f"model.pretrained_file {pretrained_file} not found")
+    if pretrained and not pretrained_file and name in timm.list_models() and not hub_reachable():
+        pretrained_file = cached_hub_weights(name)
+        if pretrained_file is None:
+            raise ValueError(
+                f"cannot load ImageNet weights for {name}: the Hugging Face hub is unreachable and they are not "
+                "cached; download them elsewhere and set model.pretrained_file=<weights file>"
+            )
     overlay = {"file": str(pretrained_file)} if pretrained_file else None
     try:
         return timm.create_model(
