@@ -1,8 +1,14 @@
-"""SSL benchmark on CPU: every method pretrains medformer_small for the same time budget on the
-unlabeled train splits of four MedMNIST datasets, then linear probe / kNN per dataset vs the
-random-init encoder, and PneumoniaMNIST fine-tuning with 10% / 100% labels vs scratch.
+"""Pretraining benchmark on CPU: every method (the SSL methods, pseudo-label classification and
+VICReg + pseudo-labels) pretrains medformer_small for the same time budget on the unlabeled train
+splits of four MedMNIST datasets, then linear probe / kNN per dataset vs the random-init encoder,
+and fine-tuning with 10% / 100% labels vs scratch.
 
     python scripts/bench_ssl.py --minutes-per-method 2 --methods simclr vicreg
+    python scripts/bench_ssl.py --methods vicreg pseudolabel vicreg+pseudolabel --name pseudolabel_benchmark \
+        --finetune-datasets pneumoniamnist breastmnist retinamnist adrenalmnist3d --fractions 0.1
+
+Pseudo-label methods first cluster the pool (`medformer pseudolabel`, all train images) and report
+its cluster quality.
 
 Writes docs/results/ssl_benchmark.json and docs/results/ssl_benchmark.md (with the command, the
 machine, throughput per method and published numbers for the same datasets).
@@ -31,10 +37,13 @@ from medformer.engine.pretrain import run_pretrain
 from medformer.eval.probe import run_probe
 from medformer.objectives.ssl import SSL_METHODS
 from medformer.objectives.ssl_config import PretrainConfig
+from medformer.pseudolabels.run import PseudoLabelConfig, run_pseudolabel
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = ["pneumoniamnist", "breastmnist", "retinamnist", "adrenalmnist3d"]
 PUBLISHED = REPO.parent / "shared" / "reference" / "published_baselines.csv"
+PSEUDOLABEL_METHODS = ("pseudolabel", "vicreg+pseudolabel")
+METHODS = [*sorted(SSL_METHODS), *PSEUDOLABEL_METHODS]
 
 
 def reset_accelerate() -> None:
@@ -44,7 +53,8 @@ def reset_accelerate() -> None:
 
 
 def pretrain_config(method: str, root: str, out: Path, extra: list[str]) -> PretrainConfig:
-    return load_config(PretrainConfig, REPO / "configs" / "pretrain" / f"{method}_small.yaml", [
+    config = REPO / "configs" / "pretrain" / f"{method.replace('+', '_')}_small.yaml"
+    return load_config(PretrainConfig, config, [
         f"data.root={root}", f"data.datasets=[{','.join(DATASETS)}]", f"output_dir={out}",
         "train.progress=false", "monitor.knn_every=0", *extra,
     ])
@@ -85,6 +95,17 @@ def pretrain(method: str, root: str, out: Path, minutes: float, extra: list[str]
     }
 
 
+def cluster_pool(root: str, out: Path) -> dict:
+    """Pseudo-labels for every train image of the pool (random-init encoder features, k at the elbow)."""
+    cfg = load_config(PseudoLabelConfig, REPO / "configs" / "pseudolabel" / "medmnist_pool_small.yaml", [
+        f"data.root={root}", f"data.datasets=[{','.join(DATASETS)}]", "data.max_samples_per_dataset=null",
+        f"output_dir={out}",
+    ])
+    t0 = time.perf_counter()
+    metrics = run_pseudolabel(cfg)
+    return {**metrics, "wall_seconds": round(time.perf_counter() - t0, 1), "folder": str(out)}
+
+
 def _train_sizes(root: str) -> dict[str, int]:
     import numpy as np
 
@@ -99,21 +120,22 @@ def probe(init: str, root: str, max_train: int | None) -> dict:
     return out
 
 
-def finetune(init: str, fraction: float, root: str, out: Path, steps: int) -> dict:
-    """Fine-tune on PneumoniaMNIST for the same number of steps at every label fraction (batch
+def finetune(init: str, flag: str, fraction: float, root: str, out: Path, steps: int) -> dict:
+    """Fine-tune on one dataset for the same number of steps at every label fraction (batch
     shrinks for small fractions so an epoch keeps >= 8 steps); test metrics of the best-val epoch."""
-    n_labeled = round(fraction * _train_sizes(root)["pneumoniamnist"])
+    n_labeled = round(fraction * _train_sizes(root)[flag])
     batch = max(8, min(128, n_labeled // 8))
     epochs = math.ceil(steps / max(1, n_labeled // batch))
     cfg = load_config(FinetuneConfig, REPO / "configs" / "finetune" / "pneumoniamnist_small.yaml", [
-        f"data.root={root}", f"data.label_fraction={fraction}", f"init={init}", f"output_dir={out}",
+        f"data.root={root}", f"data.datasets=[{flag}]", f"data.label_fraction={fraction}", f"init={init}",
+        f"output_dir={out}",
         f"train.epochs={epochs}", f"train.max_steps={steps}", f"train.batch_size={batch}",
         "train.progress=false", "train.warmup_epochs=0.3",
     ])
     t0 = time.perf_counter()
     metrics = run_finetune(cfg)
     reset_accelerate()
-    test = metrics["pneumoniamnist"]["test"]
+    test = metrics[flag]["test"]
     return {"auc": test["auc"], "acc": test["acc"], "steps": steps, "epochs": epochs, "batch_size": batch,
             "labeled": n_labeled, "wall_seconds": round(time.perf_counter() - t0, 1)}
 
@@ -131,7 +153,7 @@ def markdown(report: dict) -> str:
     methods = list(report["pretrain"])
     inits = ["random", *methods]
     lines = [
-        "# SSL benchmark (CPU)",
+        "# Pretraining benchmark (CPU)",
         "",
         f"Command: `{report['command']}`",
         "",
@@ -149,7 +171,7 @@ def markdown(report: dict) -> str:
         "",
         "## Pretraining",
         "",
-        "| method | steps | samples seen | train s | samples/s (2 views each) | batch | lr | final loss terms | embedding std | eff. rank |",
+        "| method | steps | samples seen | train s | samples/s | batch | lr | final loss terms | embedding std | eff. rank |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for m, r in report["pretrain"].items():
@@ -164,14 +186,22 @@ def markdown(report: dict) -> str:
         for flag in DATASETS:
             cells = [f"{fmt(report['probe'][i][flag][kind]['auc'])} / {fmt(report['probe'][i][flag][kind]['acc'])}" for i in inits]
             lines.append(f"| {flag} | " + " | ".join(cells) + " |")
-    if report.get("finetune"):
+    if report.get("pool"):
+        q = report["pool"]
+        lines += ["", "## Pseudo-labels of the pool", "",
+                  f"{q['n_samples']} train images, k={q['chosen_k']} at the elbow, {q['n_labels']} labels kept "
+                  f"({q['n_dropped_samples']} images in dropped clusters). Against dataset of origin: homogeneity "
+                  f"{q['quality']['homogeneity_dataset']:.3f}, NMI {q['quality']['nmi_dataset']:.3f}, harmonic mean "
+                  f"{q['quality']['harmonic_mean']:.3f} (shuffled labels: {q['shuffled_baseline_harmonic_mean']:.3f}); "
+                  f"intra-cluster cosine distance {q['quality']['intra_cosine_distance']:.3f}. {q['wall_seconds']} s."]
+    for flag in report.get("finetune_datasets", []):
         inits_ft = list(report["finetune"])
-        lines += ["", f"## Fine-tuning PneumoniaMNIST ({report['finetune_steps']} steps at each label fraction, "
+        lines += ["", f"## Fine-tuning {flag} ({report['finetune_steps']} steps at each label fraction, "
                   "best-val epoch): test AUC / ACC", "",
                   "| labels | " + " | ".join(inits_ft) + " |", "|---|" + "---|" * len(inits_ft)]
-        fractions = list(next(iter(report["finetune"].values())))
-        for frac in fractions:
-            cells = [f"{fmt(report['finetune'][i][frac]['auc'])} / {fmt(report['finetune'][i][frac]['acc'])}" for i in inits_ft]
+        for frac in report["fractions"]:
+            cells = [f"{fmt(report['finetune'][i][flag][frac]['auc'])} / {fmt(report['finetune'][i][flag][frac]['acc'])}"
+                     for i in inits_ft]
             lines.append(f"| {float(frac):.0%} | " + " | ".join(cells) + " |")
     lines += ["", "## Published test results (same datasets, fully supervised unless noted)", "",
               "| dataset | size | method | AUC | ACC | source |", "|---|---|---|---|---|---|"]
@@ -183,7 +213,9 @@ def markdown(report: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes-per-method", type=float, default=30.0, help="pretraining time budget per method")
-    parser.add_argument("--methods", nargs="+", default=sorted(SSL_METHODS), choices=sorted(SSL_METHODS))
+    parser.add_argument("--methods", nargs="+", default=sorted(SSL_METHODS), choices=METHODS)
+    parser.add_argument("--name", default="ssl_benchmark", help="results file stem in --out")
+    parser.add_argument("--finetune-datasets", nargs="+", default=["pneumoniamnist"], choices=DATASETS)
     parser.add_argument("--root", default=os.environ.get("MEDMNIST_ROOT", str(REPO.parent / "shared" / "data" / "medmnist")))
     parser.add_argument("--work-dir", default="runs/bench_ssl", help="pretrain/finetune run folders")
     parser.add_argument("--out", default=str(REPO / "docs" / "results"), help="folder for ssl_benchmark.{json,md}")
@@ -205,10 +237,16 @@ def main(argv: list[str] | None = None) -> int:
                     "load_average_start": os.getloadavg()[0]},
         "minutes_per_method": args.minutes_per_method, "probe_max_train": args.probe_max_train,
         "datasets": DATASETS, "pretrain": {}, "probe": {}, "finetune": {}, "finetune_steps": args.finetune_steps,
+        "finetune_datasets": args.finetune_datasets if args.finetune_steps else [],
+        "fractions": [str(f) for f in args.fractions],
     }
+    if any(m in PSEUDOLABEL_METHODS for m in args.methods):
+        print("[bench] clustering the pool into pseudo-labels", flush=True)
+        report["pool"] = cluster_pool(args.root, work / "pseudolabels")
     for method in args.methods:
         print(f"[bench] pretraining {method} for {args.minutes_per_method} min", flush=True)
-        report["pretrain"][method] = pretrain(method, args.root, work / method, args.minutes_per_method, args.set)
+        extra = [*args.set, *([f"pseudolabel.labels={work / 'pseudolabels'}"] if method in PSEUDOLABEL_METHODS else [])]
+        report["pretrain"][method] = pretrain(method, args.root, work / method, args.minutes_per_method, extra)
         print(f"[bench] {method}: {report['pretrain'][method]}", flush=True)
     for init, path in [("random", "scratch"), *[(m, str(work / m)) for m in args.methods]]:
         print(f"[bench] probing {init}", flush=True)
@@ -216,18 +254,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.finetune_steps:
         for init, path in [("scratch", "scratch"), *[(m, str(work / m)) for m in args.methods]]:
             report["finetune"][init] = {}
-            for frac in args.fractions:
-                print(f"[bench] fine-tuning pneumoniamnist from {init} with {frac:.0%} labels", flush=True)
-                report["finetune"][init][str(frac)] = finetune(
-                    path, frac, args.root, work / f"ft_{init}_{frac}", args.finetune_steps)
+            for flag in args.finetune_datasets:
+                report["finetune"][init][flag] = {}
+                for frac in args.fractions:
+                    print(f"[bench] fine-tuning {flag} from {init} with {frac:.0%} labels", flush=True)
+                    report["finetune"][init][flag][str(frac)] = finetune(
+                        path, flag, frac, args.root, work / f"ft_{init}_{flag}_{frac}", args.finetune_steps)
     report["published"] = published()
     report["wall_minutes"] = (time.perf_counter() - t_start) / 60
     report["machine"]["load_average_end"] = os.getloadavg()[0]
     report["written"] = time.strftime("%Y-%m-%d %H:%M", time.localtime())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "ssl_benchmark.json").write_text(json.dumps(report, indent=2, default=float))
-    (out / "ssl_benchmark.md").write_text(markdown(report))
+    (out / f"{args.name}.json").write_text(json.dumps(report, indent=2, default=float))
+    (out / f"{args.name}.md").write_text(markdown(report))
     print(markdown(report))
     return 0
 
