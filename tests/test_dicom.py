@@ -35,6 +35,7 @@ from medformer.data.medmnist import DataError
 
 # get_testdata_file(download=False) finds the files shipped inside pydicom without any network.
 PYDICOM_FILES = Path(pydicom.data.get_testdata_file("CT_small.dcm", download=False)).parent
+REPO = Path(__file__).resolve().parents[1]
 CT5N = [f"dicomdirtests/98892001/CT5N/{n}" for n in ("2062", "2392", "2693", "3023", "3353")]
 MR700 = [f"dicomdirtests/98892003/MR700/{n}" for n in ("4467", "4528", "4558", "4588", "4618", "4648", "4678")]
 CR = [f"dicomdirtests/77654033/{d}" for d in ("CR1/6154", "CR2/6247", "CR3/6278")]
@@ -362,7 +363,19 @@ def test_no_patient_identifier_written_anywhere(tmp_path):
     index = DicomIndex.load(out / "dicom_cache")
     assert {(r.dim, r.modality, r.body_part) for r in index.records} == {("3d", "ct", "head"), ("2d", "xray", "chest")}
     needles = set(ids.values()) | {p for v in ids.values() for p in v.split("^")} | {"Quintessa", "St Quintessa"}
-    files = [p for p in out.rglob("*") if p.is_file()]
+    # pseudo-label pretraining on the same cache: logs, checkpoints and model card stay clean too
+    from pretrain.__main__ import main as pretrain_main
+
+    pre = tmp_path / "pretrain"
+    assert pretrain_main([
+        "--config", str(REPO / "configs" / "pretrain" / "pseudolabel_small.yaml"), "data.datasets=[]",
+        f"data.dicom_cache={out / 'dicom_cache'}", f"pseudolabel.labels={out}", "model.overrides.depth=1",
+        "train.batch_size=4", "train.epochs=2", "monitor.knn_every=0", "train.progress=false",
+        "pseudolabel.recluster_every=1", f"output_dir={pre}",
+    ]) == 0
+    card = json.loads((pre / "model_card.json").read_text())
+    assert set(card["datasets"]) == {"dicom2d", "dicom3d"} and card["steps"] == 2
+    files = [p for p in [*out.rglob("*"), *pre.rglob("*")] if p.is_file()]
     assert {"labels.csv", "index.csv", "report.md", "tsne.png", "tag_columns.json"} <= {p.name for p in files}
     for path in files:
         data = path.read_bytes().lower()

@@ -70,11 +70,11 @@ def test_labels_follow_dataset_and_index_of_each_sample(shared_root, tmp_path):
 def test_unusable_label_folders_are_refused_with_the_fix(shared_root, tmp_path):
     with pytest.raises(PseudoLabelError, match="run `medformer pseudolabel"):
         read_label_table(tmp_path / "missing")
-    dicom = tmp_path / "dicom"
-    dicom.mkdir()
-    (dicom / "labels.csv").write_text("sample,sample_id,dim,cluster,label\n0,abc,2d,0,0\n")
-    with pytest.raises(PseudoLabelError, match="MedMNIST pool"):
-        read_label_table(dicom)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "labels.csv").write_text("image,class\n0,1\n")
+    with pytest.raises(PseudoLabelError, match="not a labels file of `medformer pseudolabel`"):
+        read_label_table(other)
     with pytest.raises(PseudoLabelError, match="data.split=train"):
         read_label_table(write_labels(tmp_path / "val", [("breastmnist", 0, 0)], split="val"))
     data = DataConfig(datasets=["breastmnist"], root=str(shared_root), max_train_samples=5)

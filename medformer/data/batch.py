@@ -83,6 +83,15 @@ def make_inputs(
     )
 
 
+def _per_sample(samples: list[dict], key: str) -> list[str] | None:
+    """Each sample's own modality/body_part/task (DICOM items), else its dataset's (MedMNIST
+    items); None when no sample has one (make_inputs then uses the dataset table)."""
+    if not any(key in s for s in samples):
+        return None
+    fallback = lambda s: s["dataset"] if key == "task" else getattr(dataset_info(s["dataset"]), key)  # noqa: E731
+    return [s[key] if key in s else fallback(s) for s in samples]
+
+
 def collate(samples: list[dict]) -> dict:
     """Collate dataset items (image may be one tensor or a list of views) into a batch.
 
@@ -91,8 +100,7 @@ def collate(samples: list[dict]) -> dict:
     "pseudolabels" [B] when items carry a cluster label.
     """
     datasets = [s["dataset"] for s in samples]
-    opt = lambda key: [s[key] for s in samples] if key in samples[0] else None  # noqa: E731
-    modality, body_part, task = opt("modality"), opt("body_part"), opt("task")
+    modality, body_part, task = (_per_sample(samples, key) for key in ("modality", "body_part", "task"))
     task = task or datasets
     batch: dict = {
         "index": torch.tensor([s["index"] for s in samples], dtype=torch.long),

@@ -11,7 +11,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 from ..config import AugmentConfig, DataConfig
 from .batch import collate
 from .domains import dataset_info
-from .medmnist import MedMNISTDataset, stratified_fraction
+from .medmnist import DataError, MedMNISTDataset, stratified_fraction
 
 
 class SeededTransform(Dataset):
@@ -26,7 +26,7 @@ class SeededTransform(Dataset):
         self.transform = transform
         self.seed = seed
         self.epoch = 0
-        self._salt = zlib.crc32(str(getattr(base, "flag", "")).encode())
+        self._salt = zlib.crc32(str(getattr(getattr(base, "info", None), "flag", "")).encode())
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -70,12 +70,29 @@ def medmnist_split(data: DataConfig, flag: str, split: str, seed: int = 0, fract
 def train_dataset(
     data: DataConfig, make_transform: Callable[[str], Callable | None], seed: int
 ) -> EpochConcat:
-    """Train splits of all configured datasets, each with its dim's transform, concatenated."""
+    """Train splits of all configured datasets (then the 2D and 3D samples of `data.dicom_cache`),
+    each with its dim's transform, concatenated."""
     parts = []
     for flag in data.datasets:
         base = medmnist_split(data, flag, "train", seed=seed, fraction=data.label_fraction)
         parts.append(SeededTransform(base, make_transform(dataset_info(flag).dim), seed))
+    if data.dicom_cache:
+        parts += [SeededTransform(base, make_transform(base.dim), seed) for base in dicom_parts(data.dicom_cache)]
+    if not parts:
+        raise ValueError("no training data: set data.datasets (MedMNIST flags) and/or data.dicom_cache")
     return EpochConcat(parts)
+
+
+def dicom_parts(cache_dir: str) -> list[Dataset]:
+    """The 2D and 3D datasets of an ingested DICOM cache (the dims it holds)."""
+    from .dicom import DicomDataset, DicomIndex
+
+    try:
+        index = DicomIndex.load(cache_dir)
+    except DataError:
+        raise DataError(f"data.dicom_cache={cache_dir} is not an ingested DICOM cache: run `medformer pseudolabel` "
+                        "with data.dicom_dir=<folder> and use its <output_dir>/dicom_cache") from None
+    return [DicomDataset(cache_dir, dim) for dim in ("2d", "3d") if any(r.dim == dim for r in index.records)]
 
 
 def train_loader(

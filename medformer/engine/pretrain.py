@@ -28,7 +28,7 @@ from ..data.domains import MULTI_LABEL, dataset_info
 from ..data.loaders import SeededTransform, medmnist_split, train_dataset, train_loader
 from ..data.transforms import MultiViewTransform, eval_transform
 from ..eval.probe import extract_features, knn_eval
-from ..models.factory import create_model
+from ..models.factory import add_domains, create_model
 from ..objectives.ssl import SSL_METHODS, CollapseDetector, SSLObjective, build_ssl_objective
 from ..objectives.pseudolabel import PseudoLabelObjective
 from ..objectives.ssl_config import MonitorConfig, PretrainConfig
@@ -227,6 +227,9 @@ def check_objectives(cfg: PretrainConfig) -> None:
         raise ValueError(f"views.n_views must be >= 2 for SSL, got {cfg.views.n_views}")
     if cfg.views.n_views < 1:
         raise ValueError(f"views.n_views must be >= 1, got {cfg.views.n_views}")
+    if cfg.monitor.knn_every and not (cfg.monitor.knn_dataset or cfg.data.datasets):
+        raise ValueError("the online kNN needs a labeled MedMNIST dataset: set monitor.knn_dataset=<flag> "
+                         "or monitor.knn_every=0")
     if cfg.pseudolabel.recluster_every < 0:
         raise ValueError(f"pseudolabel.recluster_every must be >= 0, got {cfg.pseudolabel.recluster_every}")
 
@@ -255,8 +258,10 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     accelerator = make_accelerator(cfg.train, out)
     set_seed(cfg.seed)
     dataset = train_dataset(data, lambda dim: MultiViewTransform(cfg.views, dim), cfg.seed)
-    n_samples = {flag: len(part) for flag, part in zip(data.datasets, dataset.datasets, strict=True)}
-    model = create_model(cfg.model, infos, data.size)
+    bases = [part.base for part in dataset.datasets]
+    n_samples = {base.info.flag: len(base) for base in bases}
+    model = create_model(cfg.model, [base.info for base in bases], data.size)
+    add_domains(model, sorted({d for base in bases for d in getattr(base, "domains", [])}))
     objective = build_ssl_objective(cfg.ssl.method, model, cfg.ssl) if cfg.ssl.method != "none" else None
     sampler = reclustering = None
     if label_table is not None:

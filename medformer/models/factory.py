@@ -37,3 +37,12 @@ def create_model(cfg: ModelConfig, datasets: list[DatasetInfo], image_size: int 
         cfg.name, list(datasets), pretrained=pretrained, drop_rate=cfg.dropout,
         pretrained_file=cfg.pretrained_file if pretrained else None,
     )
+
+
+def add_domains(model: nn.Module, domains: list[tuple[str, str]]) -> None:
+    """(modality, body part) latents for samples whose domain is not a dataset's (DICOM items);
+    CNNs have no domain latents."""
+    adapter = getattr(model, "input_adapt", None)
+    for modality, body_part in domains:
+        if adapter is not None:
+            adapter.add_domain(modality, body_part)

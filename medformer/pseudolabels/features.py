@@ -41,25 +41,12 @@ def dataset_domains(dataset: Dataset) -> tuple[list[DatasetInfo], list[tuple[str
     return list(infos.values()), sorted(set(domains))
 
 
-def _fill_domains(samples: list[dict]) -> list[dict]:
-    """Give every item modality/body_part so MedMNIST and DICOM items can share a batch."""
-    if all("modality" in s for s in samples) or not any("modality" in s for s in samples):
-        return samples
-    out = []
-    for s in samples:
-        if "modality" not in s:
-            info = dataset_info(s["dataset"])
-            s = {**s, "modality": info.modality, "body_part": info.body_part}
-        out.append(s)
-    return out
-
-
 def _collate_for_encoding(samples: list[dict]) -> dict:
     """Items with [0, 1] images -> a batch normalized as in training (the eval transform)."""
     to_model = Normalize()
     samples = [
         {**{k: v for k, v in s.items() if k not in ("label", "task", "pseudolabel")}, "image": to_model(s["image"])}
-        for s in _fill_domains(samples)
+        for s in samples
     ]
     return collate(samples)
 
@@ -73,15 +60,12 @@ def build_encoder(
     seed: int = 0,
 ) -> torch.nn.Module:
     """Model with the dataset's domains; checkpoint weights unless scratch (random init)."""
-    from ..models.factory import create_model
+    from ..models.factory import add_domains, create_model
 
     infos, domains = dataset_domains(dataset)
     torch.manual_seed(seed)
     model = create_model(ModelConfig(name=model_name, overrides=dict(overrides or {})), infos, image_size=image_size)
-    adapter = getattr(model, "input_adapt", None)
-    for modality, body_part in domains:
-        if adapter is not None:
-            adapter.add_domain(modality, body_part)
+    add_domains(model, domains)
     if checkpoint is not None and str(checkpoint).lower() not in SCRATCH:
         from ..engine.checkpoint import load_weights
 

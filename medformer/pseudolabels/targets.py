@@ -21,14 +21,16 @@ from .features import embed, fuse
 log = logging.getLogger(__name__)
 
 UNLABELED = -1  # dropped by the entropy filter, or not in the clustered pool
+DICOM = "dicom"  # source of DICOM samples in label-table keys
 
 
 class PseudoLabelError(ValueError):
     """A labels folder that cannot be used for this pretraining run."""
 
 
-def read_label_table(labels_dir: str | Path) -> dict[tuple[str, int], int]:
-    """(MedMNIST flag, index in its split) -> pseudo-label, from a `medformer pseudolabel` run."""
+def read_label_table(labels_dir: str | Path) -> dict[tuple[str, object], int]:
+    """Sample key -> pseudo-label, from a `medformer pseudolabel` run: (MedMNIST flag, index in its
+    train split) for a MedMNIST pool, ("dicom", sample id) for a DICOM folder."""
     folder = Path(labels_dir)
     path = folder / "labels.csv" if folder.is_dir() else folder
     if not path.is_file():
@@ -36,29 +38,38 @@ def read_label_table(labels_dir: str | Path) -> dict[tuple[str, int], int]:
                                "and set pseudolabel.labels to its output_dir")
     run_config = path.parent / "config.yaml"
     if run_config.is_file():
-        split = (yaml.safe_load(run_config.read_text()) or {}).get("data", {}).get("split", "train")
+        split = ((yaml.safe_load(run_config.read_text()) or {}).get("data") or {}).get("split", "train")
         if split != "train":
             raise PseudoLabelError(f"{path} labels the {split!r} split; pretraining reads train splits: "
                                    "cluster with data.split=train")
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    if not rows or not {"source", "source_index", "label"} <= set(rows[0]):
-        raise PseudoLabelError(f"{path} has no source/source_index/label columns: only labels of a MedMNIST "
-                               "pool (data.datasets) can be aligned to pretraining samples")
-    return {(r["source"], int(r["source_index"])): int(r["label"]) for r in rows}
+    columns = set(rows[0]) if rows else set()
+    if {"source", "source_index", "label"} <= columns:
+        return {(r["source"], int(r["source_index"])): int(r["label"]) for r in rows}
+    if {"sample_id", "label"} <= columns:
+        return {(DICOM, r["sample_id"]): int(r["label"]) for r in rows}
+    raise PseudoLabelError(f"{path} has neither source/source_index nor sample_id columns next to label: "
+                           "it is not a labels file of `medformer pseudolabel`")
 
 
-def align_labels(dataset: EpochConcat, table: dict[tuple[str, int], int]) -> np.ndarray:
+def sample_keys(part: Dataset) -> list[tuple[str, object]]:
+    """The label-table keys of a pretraining part's samples, in order."""
+    base = part.base if isinstance(part, SeededTransform) else part
+    if hasattr(base, "records"):  # an ingested DICOM cache
+        return [(DICOM, r.sample_id) for r in base.records]
+    return [(base.flag, int(i)) for i in base.indices]
+
+
+def align_labels(dataset: EpochConcat, table: dict[tuple[str, object], int]) -> np.ndarray:
     """One pseudo-label per sample of `dataset` (UNLABELED where the table has none)."""
-    labels = []
-    for part in dataset.datasets:
-        base = part.base if isinstance(part, SeededTransform) else part
-        labels += [table.get((base.flag, int(i)), UNLABELED) for i in base.indices]
+    labels = [table.get(key, UNLABELED) for part in dataset.datasets for key in sample_keys(part)]
     out = np.asarray(labels, dtype=np.int64)
     if not (out >= 0).any():
-        pool = sorted({flag for flag, _ in table})
-        raise PseudoLabelError(f"no pretraining sample has a pseudo-label: the labels cover {pool}, "
-                               f"pretraining reads {[p.base.flag for p in dataset.datasets]}")
+        pool = sorted({str(source) for source, _ in table})
+        parts = [part.base.info.flag for part in dataset.datasets]
+        raise PseudoLabelError(f"no pretraining sample has a pseudo-label: the labels cover {pool}, pretraining reads "
+                               f"{parts} (for DICOM set data.dicom_cache to the labels run's dicom_cache)")
     return out
 
 
