@@ -200,3 +200,20 @@ def test_a_mistyped_stage_stops_the_study_before_anything_runs(tmp_path, capsys)
     assert len(err) == 1 and "pretrain.vicreg" in err[0] and "ssl.methd" in err[0] and not out.exists()
     assert main(["--config", str(SMOKE), f"output_dir={out}", "inits={x: 'pretrain:nope'}"]) == 2
     assert "names no stage" in capsys.readouterr().err and not out.exists()
+
+
+def test_knn_cells_score_the_frozen_encoder_with_the_cells_labeled_images(shared_root, tmp_path):
+    from medformer.eval.probe import run_probe
+
+    out = tmp_path / "study"
+    overrides = [f"data.root={shared_root}", f"output_dir={out}", "modes=[knn]", "label_fractions=[0.5]",
+                 "seeds=[3]", "explain.enabled=false"]
+    rows = run_study(load_config(StudyConfig, SMOKE, overrides))
+    assert [(r["mode"], r["status"]) for r in rows] == [("knn", "done")]
+    # the smoke finetune overrides apply: depth-1 model, 64 train images after the 50% fraction
+    from medformer.config import ModelConfig
+
+    direct = run_probe("scratch", ["breastmnist"], root=str(shared_root), model_cfg=ModelConfig(overrides={"depth": 1}),
+                       methods=("knn",), max_train=64, label_fraction=0.5, seed=3)["breastmnist"]["knn"]
+    assert rows[0]["test_auc"] == pytest.approx(direct["test"]["auc"]) and rows[0]["val_acc"] == pytest.approx(direct["val"]["acc"])
+    assert "knn" in (out / "report.md").read_text()

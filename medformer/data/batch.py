@@ -114,9 +114,9 @@ def collate(samples: list[dict]) -> dict:
         ]
     else:
         batch["inputs"] = make_inputs([s["image"] for s in samples], datasets, modality, body_part, task)
-    if "label" in samples[0]:
+    if all("label" in s for s in samples):  # pretraining mixes labeled MedMNIST and unlabeled DICOM items
         batch["targets"] = {
-            t: torch.stack([s["label"] for s, st in zip(samples, task) if st == t])
+            t: torch.stack([s["label"] for s, st in zip(samples, task, strict=True) if st == t])
             for t in dict.fromkeys(task)
         }
     if "pseudolabel" in samples[0]:

@@ -29,10 +29,17 @@ from ..data.loaders import SeededTransform, medmnist_split, train_dataset, train
 from ..data.transforms import MultiViewTransform, eval_transform
 from ..eval.probe import extract_features, knn_eval
 from ..models.factory import add_domains, create_model
-from ..objectives.ssl import SSL_METHODS, CollapseDetector, SSLObjective, build_ssl_objective
 from ..objectives.pseudolabel import PseudoLabelObjective
+from ..objectives.ssl import SSL_METHODS, CollapseDetector, SSLObjective, build_ssl_objective
 from ..objectives.ssl_config import MonitorConfig, PretrainConfig
-from ..pseudolabels.targets import BalancedSampler, PseudoLabeled, Reclustering, align_labels, class_counts, read_label_table
+from ..pseudolabels.targets import (
+    BalancedSampler,
+    PseudoLabeled,
+    Reclustering,
+    align_labels,
+    class_counts,
+    read_label_table,
+)
 from .checkpoint import save_weights
 from .trainer import Trainer, make_accelerator
 
@@ -243,12 +250,31 @@ def pseudolabel_head_size(cfg: PretrainConfig, labels: np.ndarray) -> tuple[int,
     return max(in_file, k), k
 
 
+def with_pseudolabels(cfg: PretrainConfig, dataset, label_table: dict, model: torch.nn.Module,
+                      ssl: SSLObjective | None, accelerator: Accelerator):
+    """The pseudo-label side of a run: labelled dataset, objective (around `ssl` if given),
+    class-balanced sampler (or None) and the re-clustering epoch hook (or None)."""
+    pl = cfg.pseudolabel
+    dataset = PseudoLabeled(dataset, align_labels(dataset, label_table))
+    logger.info("pseudo-labels for %d of %d samples, %s", (dataset.labels >= 0).sum(), len(dataset),
+                class_counts(dataset.labels))
+    n_outputs, k = pseudolabel_head_size(cfg, dataset.labels)
+    objective = PseudoLabelObjective(model, n_outputs, ssl, pl.label_smoothing, cfg.ssl.sync_batchnorm)
+    sampler = BalancedSampler(dataset, cfg.seed, keep_unlabeled=ssl is not None) if pl.balanced else None
+    reclustering = None
+    if pl.recluster_every:
+        reclustering = Reclustering(dataset, pl.recluster_every, k, n_outputs, cfg.seed, cfg.train.batch_size,
+                                    Path(cfg.output_dir), accelerator)
+    return dataset, objective, sampler, reclustering
+
+
 def run_pretrain(cfg: PretrainConfig) -> dict:
     """Pretrain, exporting the encoder each epoch; returns the content of metrics.json."""
     out = Path(cfg.output_dir)
     check_objectives(cfg)
     label_table = read_label_table(cfg.pseudolabel.labels) if cfg.pseudolabel.labels else None
-    infos = [dataset_info(f) for f in cfg.data.datasets]  # unknown flags fail before any output
+    for flag in cfg.data.datasets:
+        dataset_info(flag)  # unknown flags fail before any output
     if cfg.resume and Path(cfg.resume).resolve() != out.resolve():
         raise ValueError(f"resume={cfg.resume} must equal output_dir={cfg.output_dir} (a run continues in place)")
     if cfg.data.label_fraction < 1.0:
@@ -265,17 +291,8 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     objective = build_ssl_objective(cfg.ssl.method, model, cfg.ssl) if cfg.ssl.method != "none" else None
     sampler = reclustering = None
     if label_table is not None:
-        pl = cfg.pseudolabel
-        dataset = PseudoLabeled(dataset, align_labels(dataset, label_table))
-        logger.info("pseudo-labels for %d of %d samples, %s", (dataset.labels >= 0).sum(), len(dataset),
-                    class_counts(dataset.labels))
-        n_outputs, k = pseudolabel_head_size(cfg, dataset.labels)
-        objective = PseudoLabelObjective(model, n_outputs, objective, pl.label_smoothing, cfg.ssl.sync_batchnorm)
-        if pl.balanced:
-            sampler = BalancedSampler(dataset, cfg.seed, keep_unlabeled=cfg.ssl.method != "none")
-        if pl.recluster_every:
-            reclustering = Reclustering(dataset, pl.recluster_every, k, n_outputs, cfg.seed,
-                                        cfg.train.batch_size, out, accelerator)
+        dataset, objective, sampler, reclustering = with_pseudolabels(cfg, dataset, label_table, model, objective,
+                                                                      accelerator)
     loader = train_loader(dataset, cfg.train.batch_size, data.num_workers, cfg.seed, sampler)
     knn = None
     if cfg.monitor.knn_every and accelerator.is_main_process:

@@ -16,8 +16,10 @@ import torch
 import torch.nn.functional as F
 import yaml
 from torch import nn
+from torch.utils.data import DataLoader
 
 from ..config import DataConfig, ModelConfig
+from ..data.batch import collate
 from ..data.domains import BINARY, MULTI_LABEL, dataset_info
 from .metrics import medmnist_metrics
 
@@ -144,6 +146,7 @@ def run_probe(
     methods: Sequence[str] = ("linear", "knn"),
     batch_size: int = 256,
     max_train: int | None = None,
+    label_fraction: float = 1.0,
     k: int = 20,
     temperature: float = 0.07,
     C: float = 1.0,
@@ -152,10 +155,11 @@ def run_probe(
     """Linear probe and kNN of a frozen encoder on each dataset's train split, scored on `splits`.
 
     `init`: "scratch" (random encoder: the baseline), or a checkpoint file / run folder (its
-    config.yaml supplies the model when `model_cfg` is None). Returns
+    config.yaml supplies the model when `model_cfg` is None). `label_fraction` < 1 keeps a
+    stratified subset (seeded by `seed`) of the train split, then `max_train` caps it. Returns
     {flag: {method: {split: metrics}}, "_init": {...load summary...}}.
     """
-    from ..data.loaders import eval_loaders
+    from ..data.loaders import SeededTransform, eval_loaders, medmnist_split
     from ..data.transforms import eval_transform
     from ..engine.checkpoint import load_weights
     from ..models.factory import create_model
@@ -172,10 +176,11 @@ def run_probe(
     data = DataConfig(root=root, datasets=list(datasets), size=size, max_train_samples=max_train)
     results: dict = {"_init": summary}
     for info in infos:
-        feats = {
-            split: extract_features(model, eval_loaders(data, split, batch_size, eval_transform(), [info.flag])[info.flag])
-            for split in ("train", *splits)
-        }
+        train = SeededTransform(medmnist_split(data, info.flag, "train", seed, label_fraction), eval_transform(), 0)
+        feats = {"train": extract_features(model, DataLoader(train, batch_size=batch_size, collate_fn=collate))}
+        for split in splits:
+            loader = eval_loaders(data, split, batch_size, eval_transform(), [info.flag])[info.flag]
+            feats[split] = extract_features(model, loader)
         (x_train, y_train) = feats["train"]
         n_classes = None if info.task == MULTI_LABEL else info.n_classes
         per_method: dict = {}

@@ -13,7 +13,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
 from ..config import ModelConfig
 from ..data.batch import collate
-from ..data.domains import DatasetInfo, dataset_info
+from ..data.domains import DatasetInfo
 from ..data.transforms import Normalize
 
 log = logging.getLogger(__name__)

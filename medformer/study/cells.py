@@ -95,7 +95,7 @@ def cell_overrides(cfg: StudyConfig, cell: Cell, cell_dir: Path, resume: bool) -
         "data.label_fraction": cell.fraction,
         "model.name": cell.model,
         "init": resolve_init(cell.init),
-        "finetune_mode": cell.mode,
+        "finetune_mode": "full" if cell.mode == "knn" else cell.mode,  # knn cells only read data/model/init
         "seed": cell.seed,
         "output_dir": str(cell_dir),
         "train.progress": False,

@@ -41,7 +41,7 @@ class StudyConfig:
     models: list[str] = field(default_factory=lambda: ["medformer_small"])
     label_fractions: list[float] = field(default_factory=lambda: [1.0])
     seeds: list[int] = field(default_factory=lambda: [0])
-    modes: list[str] = field(default_factory=lambda: ["full"])  # full | linear_probe | head_only
+    modes: list[str] = field(default_factory=lambda: ["full"])  # full | linear_probe | head_only | knn
     finetune: dict[str, Any] = field(default_factory=dict)  # finetune overrides for every cell (dotted or nested keys)
     base_config: str | None = None  # finetune YAML every cell starts from (else FinetuneConfig defaults)
     output_dir: str = "runs/study"
@@ -61,7 +61,9 @@ class StudyConfig:
 def validate(cfg: StudyConfig) -> StudyConfig:
     """Reject an empty or malformed grid with a one-line ConfigError."""
     from ..data.domains import dataset_info
-    from ..engine.protocols import MODES
+    from ..engine.protocols import MODES as FINETUNE_MODES
+
+    MODES = (*FINETUNE_MODES, "knn")
 
     for key in ("inits", "models", "label_fractions", "seeds", "modes"):
         if not getattr(cfg, key):

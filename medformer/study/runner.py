@@ -154,6 +154,32 @@ def run_in_worker(cfg: StudyConfig, overrides: list[str], directory: Path) -> st
             root.removeHandler(handler)
 
 
+def run_knn(cfg: StudyConfig, overrides: list[str], directory: Path) -> str | None:
+    """A `knn` cell, in this process: kNN of the frozen encoder, the cell's labeled train images as
+    the bank, scored on val and test; metrics.json like a fine-tune's (no training, no history)."""
+    from ..cli import USER_ERRORS
+    from ..config import FinetuneConfig, load_config
+    from ..engine.checkpoint import CheckpointError
+    from ..eval.probe import run_probe
+
+    try:
+        fcfg = load_config(FinetuneConfig, cfg.base_config, overrides)
+        if fcfg.init == "imagenet":
+            raise ValueError("knn cells need init=scratch or a checkpoint, not imagenet")
+        flag, t0 = fcfg.data.datasets[0], time.perf_counter()
+        result = run_probe(
+            fcfg.init, [flag], root=fcfg.data.root, model_cfg=fcfg.model if fcfg.init == "scratch" else None,
+            size=fcfg.data.size, methods=("knn",), max_train=fcfg.data.max_train_samples,
+            label_fraction=fcfg.data.label_fraction, seed=fcfg.seed,
+        )
+    except (*USER_ERRORS, CheckpointError) as e:
+        return f"{ERROR_PREFIX} {e.args[0] if isinstance(e, KeyError) and e.args else e}"
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "train_stats.json").write_text(json.dumps({"train_seconds": round(time.perf_counter() - t0, 2)}))
+    (directory / "metrics.json").write_text(json.dumps({flag: result[flag]["knn"]}, indent=1))
+    return None
+
+
 def run_cell(
     cfg: StudyConfig, cell: Cell, log: Callable[[str], None], train: Callable[[StudyConfig, list[str], Path], str | None]
 ) -> CellOutcome:
@@ -172,7 +198,7 @@ def run_cell(
     error = precheck(cfg, cell, overrides)
     if error is None:
         log(f"{'resume' if resume else 'run'} {cell.id}")
-        error = train(cfg, overrides, directory)
+        error = (run_knn if cell.mode == "knn" else train)(cfg, overrides, directory)
         if error is None and not is_done(directory):
             error = "finished without metrics.json"
     seconds = time.perf_counter() - t0
