@@ -23,7 +23,7 @@ from medformer.data.domains import dataset_info
 from medformer.data.loaders import train_dataset
 from medformer.models.factory import create_model
 from medformer.objectives.pseudolabel import LOSS, PseudoLabelObjective
-from medformer.objectives.ssl import build_ssl_objective
+from medformer.objectives.ssl import SSL_METHODS, build_ssl_objective
 from medformer.objectives.ssl_config import SSLConfig
 from medformer.pseudolabels.targets import (
     UNLABELED,
@@ -150,6 +150,18 @@ def test_with_ssl_the_classifier_reuses_the_ssl_pass_through_the_body(monkeypatc
     assert losses[LOSS].item() == pytest.approx(expected, rel=1e-5)
     sum(losses.values()).backward()
     assert model.output_adapt.heads["pseudolabel"].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("method", sorted(SSL_METHODS))
+def test_every_ssl_method_sums_with_pseudolabel_classification(method):
+    model = _model()
+    cfg = SSLConfig(method=method, proj_hidden_dim=32, proj_output_dim=16, pred_hidden_dim=32, queue_size=12)
+    objective = PseudoLabelObjective(model, n_classes=3, ssl=build_ssl_objective(method, model, cfg))
+    losses = objective({"views": _views(), "pseudolabels": torch.tensor([0, 1, 2, 0, 1, 2])})
+    assert LOSS in losses and len(losses) >= 2 and all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert model.output_adapt.heads["pseudolabel"].weight.grad.abs().sum() > 0
+    assert objective.last_embeddings is not None and objective.last_embeddings.shape == (6, TINY["hidden_dim"])
 
 
 def test_a_batch_without_labeled_rows_gives_zero_loss_and_no_nan():
