@@ -140,27 +140,37 @@ def gradcam_layer(model: nn.Module, images: torch.Tensor) -> tuple[nn.Module, st
     return enc.get_submodule(name), name
 
 
-def grad_cam(model: nn.Module, inputs: Inputs, task: str, layer: nn.Module) -> torch.Tensor:
-    """Grad-CAM maps [B, *spatial of the input] in [0, 1] for the predicted class."""
-    store: dict[str, torch.Tensor] = {}
+class _ImagesToLogits(nn.Module):
+    """One dataset's images in, its task logits out: the `model(tensor)` pytorch-grad-cam calls."""
 
-    def hook(module, args, output):
-        output.retain_grad()
-        store["act"] = output
+    def __init__(self, model: nn.Module, flag: str):
+        super().__init__()
+        self.model, self.flag = model, flag
 
-    handle = layer.register_forward_hook(hook)
-    try:
-        with torch.enable_grad():
-            logits = model(inputs)[task]
-            model.zero_grad(set_to_none=True)
-            _target_score(logits.float(), dataset_info(task).task).sum().backward()
-    finally:
-        handle.remove()
-    act, grad = store["act"], store["act"].grad
-    weights = grad.mean(dim=tuple(range(2, act.ndim)), keepdim=True)
-    cam = F.relu((weights * act).sum(1)).detach()
-    spatial = tuple(inputs.groups[0][0].shape[2:])
-    return _normalize(_upsample(cam, spatial))
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        from ..data.batch import make_inputs
+
+        return self.model(make_inputs(list(images), [self.flag] * len(images)))[self.flag]
+
+
+class _PredictedScore:
+    """pytorch-grad-cam target: the score of the predicted class of one sample's logits."""
+
+    def __init__(self, task: str):
+        self.task = task
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        return _target_score(logits.float()[None], self.task)[0]
+
+
+def grad_cam(model: nn.Module, images: torch.Tensor, flag: str, layer: nn.Module) -> torch.Tensor:
+    """Grad-CAM maps (pytorch-grad-cam) [B, *spatial of the input] in [0, 1] for the predicted class."""
+    from pytorch_grad_cam import GradCAM
+
+    target = _PredictedScore(dataset_info(flag).task)
+    with torch.enable_grad(), GradCAM(model=_ImagesToLogits(model, flag), target_layers=[layer]) as cam:
+        maps = cam(input_tensor=images, targets=[target] * len(images))
+    return torch.as_tensor(maps, dtype=torch.float32)
 
 
 @torch.no_grad()
@@ -200,7 +210,7 @@ def explain_maps(model: nn.Module, images: torch.Tensor, flag: str) -> tuple[tor
     if hasattr(model, "blocks") and hasattr(model, "input_adapt"):
         return attention_rollout(model, inputs, flag), "attention rollout (Input/Output Adaptformer cross-attention)"
     layer, name = gradcam_layer(model, images)
-    return grad_cam(model, inputs, flag, layer), f"Grad-CAM at {name}"
+    return grad_cam(model, images, flag, layer), f"Grad-CAM (pytorch-grad-cam) at {name}"
 
 
 # -- panels -------------------------------------------------------------------------------------
