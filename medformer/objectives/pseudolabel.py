@@ -83,7 +83,8 @@ class PseudoLabelObjective(nn.Module):
                             reduction="sum")
             for logits in self._logits
         )
-        return total / (count.clamp(min=1.0) * len(self._logits))  # no labeled row: 0, graph kept for DDP
+        count = torch.where(count > 0, count, torch.ones_like(count))  # no labeled row: loss 0, graph kept for DDP
+        return total / (count * len(self._logits))
 
     def forward(self, batch: dict) -> dict[str, Tensor]:
         views = batch.get("views") or [batch["inputs"]]
