@@ -151,6 +151,10 @@ def test_head_widths_follow_the_model_size():
     assert widths == [1024, 1024, 1024]  # expander 3 x 1024 for medformer_small
     small.embed_dim = 512  # a large encoder (medformer_large: 512) gets 3 x 8192
     assert not small.is_small and small.pick(None, 1024, 8192) == 8192
+    cnn = build_ssl_objective("vicreg", create_model(ModelConfig(name="resnet18"), [dataset_info("pneumoniamnist")]))
+    assert cnn.is_small  # a 512-d ResNet-18 keeps 3 x 1024, not a 138 M-parameter expander
+    cnn.embed_dim = 2048  # ResNet-50 width
+    assert not cnn.is_small
 
 
 # ------------------------------------------------------------------ momentum encoders

@@ -17,7 +17,10 @@ from ..ssl_config import SSLConfig
 SSL_METHODS: dict[str, type[SSLObjective]] = {}
 T = TypeVar("T")
 
-SMALL_EMBED_DIM = 256  # encoders up to this width get the "small" head defaults
+# Encoders up to this width get the "small" head defaults: Medformer small (128) vs large (512), as
+# in the thesis; CNNs by their feature width, so ResNet-18/34 (512) keep small heads and ResNet-50
+# (2048) gets the large ones (a 3 x 8192 VICReg expander on a 512-d ResNet-18 is ~138 M parameters).
+SMALL_EMBED_DIM = {"medformer": 256, "cnn": 1536}
 
 
 def register(name: str) -> Callable[[type[SSLObjective]], type[SSLObjective]]:
@@ -51,7 +54,8 @@ class SSLObjective(nn.Module):
 
     @property
     def is_small(self) -> bool:
-        return self.embed_dim <= SMALL_EMBED_DIM
+        family = "medformer" if hasattr(self.model, "output_adapt") else "cnn"
+        return self.embed_dim <= SMALL_EMBED_DIM[family]
 
     def pick(self, value, small, large):
         """A configured value, else the small- or large-model default."""
