@@ -28,7 +28,8 @@ logger = logging.getLogger(__name__)
 
 @torch.no_grad()
 def extract_features(model: nn.Module, loader, device: torch.device | str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(features [N, D] float32, labels [N, L]) of `model.encode` over a single-task loader."""
+    """(features [N, D] float32, labels [N, L]) of `model.encode` over a single-task loader
+    (labels [N, 0] when the batches carry none, e.g. an unlabeled clustering pool)."""
     was_training = model.training
     model.eval()
     if device is None:
@@ -36,11 +37,14 @@ def extract_features(model: nn.Module, loader, device: torch.device | str | None
     feats, labels = [], []
     try:
         for batch in loader:
-            feats.append(model.encode(batch["inputs"].to(device)).float().cpu())
-            (target,) = batch["targets"].values()
+            x = model.encode(batch["inputs"].to(device)).float().cpu()
+            feats.append(x)
+            (target,) = batch["targets"].values() if "targets" in batch else (torch.zeros(len(x), 0),)
             labels.append(target.reshape(len(target), -1).cpu())
     finally:
         model.train(was_training)
+    if not feats:
+        return np.zeros((0, 0), dtype=np.float32), np.zeros((0, 0), dtype=np.float32)
     return torch.cat(feats).numpy(), torch.cat(labels).numpy()
 
 

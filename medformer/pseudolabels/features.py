@@ -89,16 +89,12 @@ def encoder_embeddings(
     return embed(model, dataset, batch_size)
 
 
-@torch.no_grad()
 def embed(model: torch.nn.Module, dataset: Dataset, batch_size: int = 256) -> np.ndarray:
     """`model.encode` (eval mode, on the model's device) of every [0, 1] item: float32 [N, hidden]."""
-    device = next(model.parameters()).device
+    from ..eval.probe import extract_features
+
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=_collate_for_encoding)
-    was_training = model.training
-    model.eval()
-    chunks = [model.encode(batch["inputs"].to(device)).float().cpu().numpy() for batch in loader]
-    model.train(was_training)
-    return np.concatenate(chunks) if chunks else np.zeros((0, 0), dtype=np.float32)
+    return extract_features(model, loader)[0]
 
 
 def _pixel_descriptor(image: torch.Tensor, side: int) -> torch.Tensor:
