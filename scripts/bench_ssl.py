@@ -117,6 +117,7 @@ def probe(init: str, root: str, max_train: int | None) -> dict:
     out = {}
     for flag in DATASETS:
         out[flag] = {m: {k: res[flag][m]["test"][k] for k in ("auc", "acc")} for m in ("linear", "knn")}
+        out[flag]["linear"]["C"] = res["_linear_C"][flag]
     return out
 
 
@@ -166,7 +167,8 @@ def markdown(report: dict) -> str:
         f"Each method: medformer_small pretrained for {report['minutes_per_method']} min of training on the unlabeled "
         f"train splits of {', '.join(DATASETS)} (28 px; 2D and 3D mixed in each batch). Probes: frozen `encode()` "
         f"features, train split{' (first ' + str(report['probe_max_train']) + ' per dataset)' if report['probe_max_train'] else ''} "
-        "-> test split; linear = logistic regression on standardized features, kNN = cosine, k=20, T=0.07. "
+        "-> test split; linear = logistic regression on standardized features (L2 strength C chosen per encoder and "
+        "dataset on the val split from 1e-3..10), kNN = cosine, k=20, T=0.07. "
         "AUC/ACC as medmnist.Evaluator. Small budgets: read as a smoke test of the pipeline, not as a ranking.",
         "",
         "## Pretraining",
@@ -224,7 +226,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.1, 1.0])
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--set", nargs="*", default=[], help="extra pretrain overrides, e.g. train.batch_size=64")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="skip the random-init probe and scratch fine-tuning (another run has them)")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                        help="only merge the reports of runs split across processes into --name")
     args = parser.parse_args(argv)
+    if args.merge:
+        return write_report(merge_reports([json.loads(Path(f).read_text()) for f in args.merge]), Path(args.out), args.name)
     if args.threads:
         torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
@@ -248,11 +256,13 @@ def main(argv: list[str] | None = None) -> int:
         extra = [*args.set, *([f"pseudolabel.labels={work / 'pseudolabels'}"] if method in PSEUDOLABEL_METHODS else [])]
         report["pretrain"][method] = pretrain(method, args.root, work / method, args.minutes_per_method, extra)
         print(f"[bench] {method}: {report['pretrain'][method]}", flush=True)
-    for init, path in [("random", "scratch"), *[(m, str(work / m)) for m in args.methods]]:
+    baseline = [] if args.no_baseline else [("random", "scratch")]
+    for init, path in [*baseline, *[(m, str(work / m)) for m in args.methods]]:
         print(f"[bench] probing {init}", flush=True)
         report["probe"][init] = probe(path, args.root, args.probe_max_train)
     if args.finetune_steps:
-        for init, path in [("scratch", "scratch"), *[(m, str(work / m)) for m in args.methods]]:
+        baseline = [] if args.no_baseline else [("scratch", "scratch")]
+        for init, path in [*baseline, *[(m, str(work / m)) for m in args.methods]]:
             report["finetune"][init] = {}
             for flag in args.finetune_datasets:
                 report["finetune"][init][flag] = {}
@@ -264,12 +274,32 @@ def main(argv: list[str] | None = None) -> int:
     report["wall_minutes"] = (time.perf_counter() - t_start) / 60
     report["machine"]["load_average_end"] = os.getloadavg()[0]
     report["written"] = time.strftime("%Y-%m-%d %H:%M", time.localtime())
-    out = Path(args.out)
+    return write_report(report, Path(args.out), args.name)
+
+
+def write_report(report: dict, out: Path, name: str) -> int:
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.name}.json").write_text(json.dumps(report, indent=2, default=float))
-    (out / f"{args.name}.md").write_text(markdown(report))
+    (out / f"{name}.json").write_text(json.dumps(report, indent=2, default=float))
+    (out / f"{name}.md").write_text(markdown(report))
     print(markdown(report))
     return 0
+
+
+def merge_reports(reports: list[dict]) -> dict:
+    """One report of runs that split the methods across processes side by side (run with the same
+    budget and settings; the one without --no-baseline holds the random/scratch baseline)."""
+    merged = {**reports[0], "command": " ; ".join(r["command"] for r in reports) + " (side by side)",
+              "wall_minutes": max(r["wall_minutes"] for r in reports)}
+    for key in ("minutes_per_method", "finetune_steps", "fractions", "probe_max_train"):
+        if any(r[key] != merged[key] for r in reports):
+            raise ValueError(f"cannot merge runs with different {key}: {[r[key] for r in reports]}")
+    for key in ("pretrain", "probe", "finetune"):
+        merged[key] = {k: v for r in reports for k, v in r[key].items()}
+    baseline_first = ("random", "scratch")
+    for key in ("probe", "finetune"):
+        merged[key] = dict(sorted(merged[key].items(), key=lambda kv: kv[0] not in baseline_first))
+    merged["machine"] = {**reports[0]["machine"], "load_average_end": max(r["machine"]["load_average_end"] for r in reports)}
+    return merged
 
 
 if __name__ == "__main__":

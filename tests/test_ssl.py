@@ -24,7 +24,14 @@ from medformer.data.loaders import train_dataset, train_loader
 from medformer.data.transforms import MultiViewTransform, ViewConfig
 from medformer.engine.trainer import build_optimizer
 from medformer.eval.metrics import medmnist_metrics
-from medformer.eval.probe import knn_eval, linear_probe, linear_probe_scores, run_probe
+from medformer.eval.probe import (
+    C_GRID,
+    knn_eval,
+    linear_probe,
+    linear_probe_scores,
+    run_probe,
+    select_C,
+)
 from medformer.models.factory import create_model
 from medformer.objectives.ssl import (
     SSL_METHODS,
@@ -381,6 +388,7 @@ def test_linear_probe_and_knn_of_random_vs_pretrained_encoder(pretrained_run):
     }
     assert results[str(pretrained_run)]["_init"]["matched"] > 0
     assert results[str(pretrained_run)]["_init"]["model"] == "medformer_small"
+    assert all(res["_linear_C"]["pneumoniamnist"] in C_GRID for res in results.values())  # chosen on val
     for res in results.values():
         for method in ("linear", "knn"):
             metrics = res["pneumoniamnist"][method]["test"]
@@ -402,6 +410,16 @@ def test_probe_metrics_are_medmnist_evaluator_metrics_of_the_probe_scores():
         assert metrics["auc"] == pytest.approx(getAUC(y[80:], scores, task))
         assert metrics["acc"] == pytest.approx(getACC(y[80:], scores, task))
         assert metrics["auc"] > 0.7, (task, metrics)
+
+
+def test_probe_regularization_is_the_best_on_val():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(340, 100))
+    y = (x[:, :5].sum(1, keepdims=True) + 0.5 * rng.normal(size=(340, 1)) > 0).astype(int)
+    train, val = slice(0, 60), slice(60, 340)
+    aucs = {c: linear_probe(x[train], y[train], x[val], y[val], BINARY, 2, C=c)["auc"] for c in C_GRID}
+    chosen = select_C(x[train], y[train], x[val], y[val], BINARY, 2)
+    assert aucs[chosen] == max(aucs.values()) > min(aucs.values()), aucs
 
 
 def test_knn_of_separable_features_is_perfect():

@@ -25,6 +25,8 @@ from .metrics import medmnist_metrics
 
 logger = logging.getLogger(__name__)
 
+C_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)  # inverse L2 strengths tried on the val split when C is None
+
 
 @torch.no_grad()
 def extract_features(model: nn.Module, loader, device: torch.device | str | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -96,6 +98,16 @@ def linear_probe(
     return medmnist_metrics(test_labels, scores, task)
 
 
+def select_C(
+    train_feats: np.ndarray, train_labels: np.ndarray, val_feats: np.ndarray, val_labels: np.ndarray,
+    task: str, n_classes: int | None = None, grid: Sequence[float] = C_GRID,
+) -> float:
+    """The C of `grid` whose probe has the best val AUC (ties: the stronger regularization), so
+    every encoder gets its own regularization and the test split stays unseen."""
+    aucs = [linear_probe(train_feats, train_labels, val_feats, val_labels, task, n_classes, C=c)["auc"] for c in grid]
+    return grid[int(np.argmax(aucs))]
+
+
 @torch.no_grad()
 def knn_scores(
     train_feats: np.ndarray, train_labels: np.ndarray, test_feats: np.ndarray, task: str,
@@ -153,15 +165,16 @@ def run_probe(
     label_fraction: float = 1.0,
     k: int = 20,
     temperature: float = 0.07,
-    C: float = 1.0,
+    C: float | None = None,
     seed: int = 0,
 ) -> dict:
     """Linear probe and kNN of a frozen encoder on each dataset's train split, scored on `splits`.
 
     `init`: "scratch" (random encoder: the baseline), or a checkpoint file / run folder (its
     config.yaml supplies the model when `model_cfg` is None). `label_fraction` < 1 keeps a
-    stratified subset (seeded by `seed`) of the train split, then `max_train` caps it. Returns
-    {flag: {method: {split: metrics}}, "_init": {...load summary...}}.
+    stratified subset (seeded by `seed`) of the train split, then `max_train` caps it. `C`: the
+    probe's inverse L2 strength; None picks it from C_GRID on the val split. Returns
+    {flag: {method: {split: metrics}}, "_init": {...load summary...}, "_linear_C": {flag: C}}.
     """
     from ..data.loaders import SeededTransform, eval_loaders, medmnist_split
     from ..data.transforms import eval_transform
@@ -178,22 +191,26 @@ def run_probe(
         summary.update({key: len(v) for key, v in report.items()})
         logger.info("probe: loaded %s (%d tensors matched, %d missing)", init, len(report["matched"]), len(report["missing"]))
     data = DataConfig(root=root, datasets=list(datasets), size=size, max_train_samples=max_train)
-    results: dict = {"_init": summary}
+    results: dict = {"_init": summary, "_linear_C": {}}
     for info in infos:
         train = SeededTransform(medmnist_split(data, info.flag, "train", seed, label_fraction), eval_transform(), 0)
         feats = {"train": extract_features(model, DataLoader(train, batch_size=batch_size, collate_fn=collate))}
-        for split in splits:
+        choose_C = "linear" in methods and C is None
+        for split in {*splits, *(["val"] if choose_C else [])}:
             loader = eval_loaders(data, split, batch_size, eval_transform(), [info.flag])[info.flag]
             feats[split] = extract_features(model, loader)
         (x_train, y_train) = feats["train"]
         n_classes = None if info.task == MULTI_LABEL else info.n_classes
+        if "linear" in methods:
+            c = select_C(x_train, y_train, *feats["val"], info.task, n_classes) if choose_C else C
+            results["_linear_C"][info.flag] = c
         per_method: dict = {}
         for method in methods:
             per_method[method] = {}
             for split in splits:
                 x, y = feats[split]
                 if method == "linear":
-                    per_method[method][split] = linear_probe(x_train, y_train, x, y, info.task, n_classes, C=C)
+                    per_method[method][split] = linear_probe(x_train, y_train, x, y, info.task, n_classes, C=c)
                 elif method == "knn":
                     per_method[method][split] = knn_eval(x_train, y_train, x, y, info.task, k, temperature, n_classes)
                 else:

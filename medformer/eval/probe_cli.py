@@ -24,7 +24,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-train", type=int, default=None, help="cap the train split (features bank) per dataset")
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--temperature", type=float, default=0.07)
-    parser.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the logistic regression")
+    parser.add_argument("--C", type=float, default=None,
+                        help="inverse L2 strength of the logistic regression (default: chosen on the val split)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="write the results as JSON here")
@@ -38,7 +39,8 @@ def format_table(results: dict) -> str:
             continue
         for method, per_split in per_method.items():
             for split, m in per_split.items():
-                rows.append(f"{flag:16s} {method:7s} {split:6s} {m['auc']:.4f}  {m['acc']:.4f}")
+                c = f"  (C={results['_linear_C'][flag]:g})" if method == "linear" else ""
+                rows.append(f"{flag:16s} {method:7s} {split:6s} {m['auc']:.4f}  {m['acc']:.4f}{c}")
     return "\n".join(rows)
 
 
