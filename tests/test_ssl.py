@@ -23,6 +23,7 @@ from medformer.data.domains import BINARY, MULTI_CLASS, MULTI_LABEL, dataset_inf
 from medformer.data.loaders import train_dataset, train_loader
 from medformer.data.transforms import MultiViewTransform, ViewConfig
 from medformer.engine.trainer import build_optimizer
+from medformer.eval.bootstrap import paired_bootstrap
 from medformer.eval.metrics import medmnist_metrics
 from medformer.eval.probe import (
     C_GRID,
@@ -447,3 +448,17 @@ def test_probe_cli_writes_json_and_refuses_a_bad_checkpoint(pretrained_run, tmp_
     assert "breastmnist" in capsys.readouterr().out
     assert probe_main(["--init", str(tmp_path / "missing"), "--datasets", "breastmnist", "--root", root]) == 2
     assert "no weights found" in capsys.readouterr().err
+
+
+def test_paired_bootstrap_separates_a_real_gain_from_noise():
+    rng = np.random.default_rng(0)
+    y = (rng.random(300) < 0.4).astype(int)[:, None]
+    good = y[:, 0] + 0.6 * rng.normal(size=300)  # AUC ~0.9
+    noisy = [y[:, 0] + 2.0 * rng.normal(size=300) for _ in range(2)]  # two equally weak scorers
+    gain = paired_bootstrap(y, good, noisy[0], BINARY, n_resamples=300)
+    assert gain["delta"] == pytest.approx(getAUC(y, good, BINARY) - getAUC(y, noisy[0], BINARY))
+    assert gain["ci_low"] > 0.1 and gain["p_value"] < 0.01, gain
+    tie = paired_bootstrap(y, noisy[1], noisy[0], BINARY, n_resamples=300)
+    assert tie["ci_low"] < 0 < tie["ci_high"] and tie["p_value"] > 0.05, tie
+    same = paired_bootstrap(y, good, good, BINARY, n_resamples=50)
+    assert same["delta"] == same["ci_low"] == same["ci_high"] == 0 and same["p_value"] == 1.0

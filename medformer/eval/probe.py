@@ -167,6 +167,7 @@ def run_probe(
     temperature: float = 0.07,
     C: float | None = None,
     seed: int = 0,
+    keep_scores: bool = False,
 ) -> dict:
     """Linear probe and kNN of a frozen encoder on each dataset's train split, scored on `splits`.
 
@@ -174,7 +175,9 @@ def run_probe(
     config.yaml supplies the model when `model_cfg` is None). `label_fraction` < 1 keeps a
     stratified subset (seeded by `seed`) of the train split, then `max_train` caps it. `C`: the
     probe's inverse L2 strength; None picks it from C_GRID on the val split. Returns
-    {flag: {method: {split: metrics}}, "_init": {...load summary...}, "_linear_C": {flag: C}}.
+    {flag: {method: {split: metrics}}, "_init": {...load summary...}, "_linear_C": {flag: C}}, plus
+    "_scores": {flag: {split: {"labels": [N, L], method: Evaluator-layout scores}}} with `keep_scores`
+    (for paired comparisons of encoders on the same images).
     """
     from ..data.loaders import SeededTransform, eval_loaders, medmnist_split
     from ..data.transforms import eval_transform
@@ -191,7 +194,7 @@ def run_probe(
         summary.update({key: len(v) for key, v in report.items()})
         logger.info("probe: loaded %s (%d tensors matched, %d missing)", init, len(report["matched"]), len(report["missing"]))
     data = DataConfig(root=root, datasets=list(datasets), size=size, max_train_samples=max_train)
-    results: dict = {"_init": summary, "_linear_C": {}}
+    results: dict = {"_init": summary, "_linear_C": {}, **({"_scores": {}} if keep_scores else {})}
     for info in infos:
         train = SeededTransform(medmnist_split(data, info.flag, "train", seed, label_fraction), eval_transform(), 0)
         feats = {"train": extract_features(model, DataLoader(train, batch_size=batch_size, collate_fn=collate))}
@@ -206,14 +209,17 @@ def run_probe(
             results["_linear_C"][info.flag] = c
         per_method: dict = {}
         for method in methods:
+            if method not in ("linear", "knn"):
+                raise ValueError(f"unknown probe method {method!r}; use linear and/or knn")
             per_method[method] = {}
             for split in splits:
                 x, y = feats[split]
                 if method == "linear":
-                    per_method[method][split] = linear_probe(x_train, y_train, x, y, info.task, n_classes, C=c)
-                elif method == "knn":
-                    per_method[method][split] = knn_eval(x_train, y_train, x, y, info.task, k, temperature, n_classes)
+                    scores = linear_probe_scores(x_train, y_train, x, info.task, n_classes, C=c, test_labels=y)
                 else:
-                    raise ValueError(f"unknown probe method {method!r}; use linear and/or knn")
+                    scores = knn_scores(x_train, y_train, x, info.task, k, temperature, n_classes, test_labels=y)
+                per_method[method][split] = medmnist_metrics(y, scores, info.task)
+                if keep_scores:
+                    results["_scores"].setdefault(info.flag, {}).setdefault(split, {"labels": y})[method] = scores
         results[info.flag] = per_method
     return results
