@@ -121,7 +121,7 @@ def probe(init: str, root: str, max_train: int | None) -> dict:
     return out
 
 
-def finetune(init: str, flag: str, fraction: float, root: str, out: Path, steps: int) -> dict:
+def finetune(init: str, flag: str, fraction: float, root: str, out: Path, steps: int, seed: int) -> dict:
     """Fine-tune on one dataset for the same number of steps at every label fraction (batch
     shrinks for small fractions so an epoch keeps >= 8 steps); test metrics of the best-val epoch."""
     n_labeled = round(fraction * _train_sizes(root)[flag])
@@ -131,14 +131,44 @@ def finetune(init: str, flag: str, fraction: float, root: str, out: Path, steps:
         f"data.root={root}", f"data.datasets=[{flag}]", f"data.label_fraction={fraction}", f"init={init}",
         f"output_dir={out}",
         f"train.epochs={epochs}", f"train.max_steps={steps}", f"train.batch_size={batch}",
-        "train.progress=false", "train.warmup_epochs=0.3",
+        "train.progress=false", "train.warmup_epochs=0.3", f"seed={seed}",
     ])
     t0 = time.perf_counter()
     metrics = run_finetune(cfg)
     reset_accelerate()
     test = metrics[flag]["test"]
-    return {"auc": test["auc"], "acc": test["acc"], "steps": steps, "epochs": epochs, "batch_size": batch,
+    return {"seed": seed, "auc": test["auc"], "acc": test["acc"], "steps": steps, "epochs": epochs, "batch_size": batch,
             "labeled": n_labeled, "wall_seconds": round(time.perf_counter() - t0, 1)}
+
+
+def seed_summary(runs: list[dict]) -> dict:
+    """Mean and std over seeds of one (init, dataset, fraction), with the runs."""
+    import numpy as np
+
+    auc, acc = np.array([r["auc"] for r in runs]), np.array([r["acc"] for r in runs])
+    return {"auc": float(auc.mean()), "auc_std": float(auc.std()), "acc": float(acc.mean()), "acc_std": float(acc.std()),
+            "runs": sorted(runs, key=lambda r: r["seed"])}
+
+
+def earlier_runs(reports: list[dict], args: argparse.Namespace) -> tuple[dict, dict, dict]:
+    """Pretraining, probe and fine-tuning results of earlier reports made with the same budget and
+    settings (--resume), so a rerun with more seeds or methods only computes what is new."""
+    pretrain, probes, runs = {}, {}, {}
+    for r in reports:
+        same = {"minutes_per_method": args.minutes_per_method, "probe_max_train": args.probe_max_train,
+                "finetune_steps": args.finetune_steps}
+        bad = [k for k, v in same.items() if r[k] != v]
+        if bad:
+            raise SystemExit(f"--resume: {bad[0]} of that report is {r[bad[0]]}, this run uses {same[bad[0]]}; "
+                             "resume only from a report made with the same settings")
+        pretrain.update(r["pretrain"])
+        probes.update(r["probe"])
+        for init, per_flag in r["finetune"].items():
+            for flag, per_frac in per_flag.items():
+                for frac, res in per_frac.items():
+                    for run in res.get("runs", [{**res, "seed": 0}]):  # older reports: one seed-0 run
+                        runs[(init, flag, frac, run["seed"])] = run
+    return pretrain, probes, runs
 
 
 def published() -> list[dict]:
@@ -148,6 +178,12 @@ def published() -> list[dict]:
 
 def fmt(x: float | None) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
+
+
+def finetune_cell(res: dict, n_seeds: int) -> str:
+    if n_seeds > 1:
+        return f"{fmt(res['auc'])} ± {fmt(res['auc_std'])} / {fmt(res['acc'])}"
+    return f"{fmt(res['auc'])} / {fmt(res['acc'])}"
 
 
 def markdown(report: dict) -> str:
@@ -198,12 +234,12 @@ def markdown(report: dict) -> str:
                   f"intra-cluster cosine distance {q['quality']['intra_cosine_distance']:.3f}. {q['wall_seconds']} s."]
     for flag in report.get("finetune_datasets", []):
         inits_ft = list(report["finetune"])
+        seeds = report.get("finetune_seeds", [0])
         lines += ["", f"## Fine-tuning {flag} ({report['finetune_steps']} steps at each label fraction, "
-                  "best-val epoch): test AUC / ACC", "",
+                  f"best-val epoch): test AUC / ACC{f', mean ± std over seeds {seeds}' if len(seeds) > 1 else ''}", "",
                   "| labels | " + " | ".join(inits_ft) + " |", "|---|" + "---|" * len(inits_ft)]
         for frac in report["fractions"]:
-            cells = [f"{fmt(report['finetune'][i][flag][frac]['auc'])} / {fmt(report['finetune'][i][flag][frac]['acc'])}"
-                     for i in inits_ft]
+            cells = [finetune_cell(report["finetune"][i][flag][frac], len(seeds)) for i in inits_ft]
             lines.append(f"| {float(frac):.0%} | " + " | ".join(cells) + " |")
     lines += ["", "## Published test results (same datasets, fully supervised unless noted)", "",
               "| dataset | size | method | AUC | ACC | source |", "|---|---|---|---|---|---|"]
@@ -224,6 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe-max-train", type=int, default=None, help="cap the probe's train split per dataset")
     parser.add_argument("--finetune-steps", type=int, default=500, help="per fine-tuning run; 0 skips them")
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.1, 1.0])
+    parser.add_argument("--finetune-seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--resume", nargs="+", default=[], metavar="JSON",
+                        help="reuse the pretraining, probes and fine-tunes of earlier reports of this benchmark "
+                             "(same budget and settings, same --work-dir)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--set", nargs="*", default=[], help="extra pretrain overrides, e.g. train.batch_size=64")
     parser.add_argument("--no-baseline", action="store_true",
@@ -246,20 +286,25 @@ def main(argv: list[str] | None = None) -> int:
         "minutes_per_method": args.minutes_per_method, "probe_max_train": args.probe_max_train,
         "datasets": DATASETS, "pretrain": {}, "probe": {}, "finetune": {}, "finetune_steps": args.finetune_steps,
         "finetune_datasets": args.finetune_datasets if args.finetune_steps else [],
-        "fractions": [str(f) for f in args.fractions],
+        "fractions": [str(f) for f in args.fractions], "finetune_seeds": args.finetune_seeds,
     }
-    if any(m in PSEUDOLABEL_METHODS for m in args.methods):
+    done_pretrain, done_probes, done_runs = earlier_runs([json.loads(Path(f).read_text()) for f in args.resume], args)
+    if any(m in PSEUDOLABEL_METHODS and m not in done_pretrain for m in args.methods):
         print("[bench] clustering the pool into pseudo-labels", flush=True)
         report["pool"] = cluster_pool(args.root, work / "pseudolabels")
     for method in args.methods:
+        if method in done_pretrain:
+            report["pretrain"][method] = done_pretrain[method]
+            continue
         print(f"[bench] pretraining {method} for {args.minutes_per_method} min", flush=True)
         extra = [*args.set, *([f"pseudolabel.labels={work / 'pseudolabels'}"] if method in PSEUDOLABEL_METHODS else [])]
         report["pretrain"][method] = pretrain(method, args.root, work / method, args.minutes_per_method, extra)
         print(f"[bench] {method}: {report['pretrain'][method]}", flush=True)
     baseline = [] if args.no_baseline else [("random", "scratch")]
     for init, path in [*baseline, *[(m, str(work / m)) for m in args.methods]]:
-        print(f"[bench] probing {init}", flush=True)
-        report["probe"][init] = probe(path, args.root, args.probe_max_train)
+        if init not in done_probes:
+            print(f"[bench] probing {init}", flush=True)
+        report["probe"][init] = done_probes.get(init) or probe(path, args.root, args.probe_max_train)
     if args.finetune_steps:
         baseline = [] if args.no_baseline else [("scratch", "scratch")]
         for init, path in [*baseline, *[(m, str(work / m)) for m in args.methods]]:
@@ -267,9 +312,15 @@ def main(argv: list[str] | None = None) -> int:
             for flag in args.finetune_datasets:
                 report["finetune"][init][flag] = {}
                 for frac in args.fractions:
-                    print(f"[bench] fine-tuning {flag} from {init} with {frac:.0%} labels", flush=True)
-                    report["finetune"][init][flag][str(frac)] = finetune(
-                        path, flag, frac, args.root, work / f"ft_{init}_{flag}_{frac}", args.finetune_steps)
+                    runs = []
+                    for seed in args.finetune_seeds:
+                        if (init, flag, str(frac), seed) in done_runs:
+                            runs.append(done_runs[(init, flag, str(frac), seed)])
+                            continue
+                        print(f"[bench] fine-tuning {flag} from {init} with {frac:.0%} labels, seed {seed}", flush=True)
+                        folder = work / f"ft_{init}_{flag}_{frac}{f'_s{seed}' if seed else ''}"
+                        runs.append(finetune(path, flag, frac, args.root, folder, args.finetune_steps, seed))
+                    report["finetune"][init][flag][str(frac)] = seed_summary(runs)
     report["published"] = published()
     report["wall_minutes"] = (time.perf_counter() - t_start) / 60
     report["machine"]["load_average_end"] = os.getloadavg()[0]
@@ -290,7 +341,7 @@ def merge_reports(reports: list[dict]) -> dict:
     budget and settings; the one without --no-baseline holds the random/scratch baseline)."""
     merged = {**reports[0], "command": " ; ".join(r["command"] for r in reports) + " (side by side)",
               "wall_minutes": max(r["wall_minutes"] for r in reports)}
-    for key in ("minutes_per_method", "finetune_steps", "fractions", "probe_max_train"):
+    for key in ("minutes_per_method", "finetune_steps", "fractions", "probe_max_train", "finetune_seeds"):
         if any(r[key] != merged[key] for r in reports):
             raise ValueError(f"cannot merge runs with different {key}: {[r[key] for r in reports]}")
     for key in ("pretrain", "probe", "finetune"):
