@@ -188,7 +188,7 @@ def finetune_cell(res: dict, n_seeds: int) -> str:
 
 def markdown(report: dict) -> str:
     methods = list(report["pretrain"])
-    inits = ["random", *methods]
+    inits = [*(b for b in ("pixels", "random") if b in report["probe"]), *methods]
     lines = [
         "# Pretraining benchmark (CPU)",
         "",
@@ -205,7 +205,8 @@ def markdown(report: dict) -> str:
         f"features, train split{' (first ' + str(report['probe_max_train']) + ' per dataset)' if report['probe_max_train'] else ''} "
         "-> test split; linear = logistic regression on standardized features (L2 strength C chosen per encoder and "
         "dataset on the val split from 1e-3..10), kNN = cosine, k=20, T=0.07. "
-        "AUC/ACC as medmnist.Evaluator. Small budgets: read as a smoke test of the pipeline, not as a ranking.",
+        "AUC/ACC as medmnist.Evaluator. `pixels`: the same probes on the flattened images (no encoder); `random`: "
+        "the random-init encoder.",
         "",
         "## Pretraining",
         "",
@@ -300,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         extra = [*args.set, *([f"pseudolabel.labels={work / 'pseudolabels'}"] if method in PSEUDOLABEL_METHODS else [])]
         report["pretrain"][method] = pretrain(method, args.root, work / method, args.minutes_per_method, extra)
         print(f"[bench] {method}: {report['pretrain'][method]}", flush=True)
-    baseline = [] if args.no_baseline else [("random", "scratch")]
+    baseline = [] if args.no_baseline else [("pixels", "pixels"), ("random", "scratch")]
     for init, path in [*baseline, *[(m, str(work / m)) for m in args.methods]]:
         if init not in done_probes:
             print(f"[bench] probing {init}", flush=True)
@@ -346,7 +347,7 @@ def merge_reports(reports: list[dict]) -> dict:
             raise ValueError(f"cannot merge runs with different {key}: {[r[key] for r in reports]}")
     for key in ("pretrain", "probe", "finetune"):
         merged[key] = {k: v for r in reports for k, v in r[key].items()}
-    baseline_first = ("random", "scratch")
+    baseline_first = ("pixels", "random", "scratch")
     for key in ("probe", "finetune"):
         merged[key] = dict(sorted(merged[key].items(), key=lambda kv: kv[0] not in baseline_first))
     merged["machine"] = {**reports[0]["machine"], "load_average_end": max(r["machine"]["load_average_end"] for r in reports)}

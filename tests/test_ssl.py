@@ -462,3 +462,15 @@ def test_paired_bootstrap_separates_a_real_gain_from_noise():
     assert tie["ci_low"] < 0 < tie["ci_high"] and tie["p_value"] > 0.05, tie
     same = paired_bootstrap(y, good, good, BINARY, n_resamples=50)
     assert same["delta"] == same["ci_low"] == same["ci_high"] == 0 and same["p_value"] == 1.0
+
+
+def test_pixel_baseline_probe_is_a_probe_on_the_flattened_images(shared_root):
+    from medformer.data.medmnist import load_arrays
+
+    res = run_probe("pixels", ["breastmnist"], root=str(shared_root), splits=("test",), C=1.0)
+    (x_train, y_train), (x_test, y_test) = (load_arrays("breastmnist", s, root=shared_root) for s in ("train", "test"))
+    flat = [x.reshape(len(x), -1).astype(np.float32) / 255 for x in (x_train, x_test)]
+    direct = linear_probe(flat[0], y_train, flat[1], y_test, BINARY, 2, C=1.0)
+    assert res["_init"]["model"] == "pixels"
+    assert res["breastmnist"]["linear"]["test"]["auc"] == pytest.approx(direct["auc"], abs=2e-3)
+    assert res["breastmnist"]["linear"]["test"]["auc"] > 0.7  # raw pixels are a strong baseline at 28 px

@@ -142,6 +142,24 @@ def knn_eval(
     return medmnist_metrics(test_labels, scores, task)
 
 
+class PixelEncoder(nn.Module):
+    """The no-encoder baseline (`init="pixels"`): `encode` returns each image's pixels, flattened,
+    so probes show what a linear model or kNN gets from the raw images alone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros(0), requires_grad=False)  # gives the module a device
+
+    def encode(self, inputs) -> torch.Tensor:
+        rows, flat = zip(*[(r, x.flatten(1)) for x, r in inputs.groups], strict=True)
+        if len({f.shape[1] for f in flat}) > 1:
+            raise ValueError("init=pixels needs images of one shape per batch; probe one dataset at a time")
+        out = torch.empty(len(inputs), flat[0].shape[1], dtype=flat[0].dtype, device=flat[0].device)
+        for r, f in zip(rows, flat, strict=True):
+            out[r] = f
+        return out
+
+
 def _model_config_of(init: str) -> ModelConfig | None:
     """The model section of a medformer run folder's config.yaml, if `init` is one."""
     path = Path(init)
@@ -171,8 +189,8 @@ def run_probe(
 ) -> dict:
     """Linear probe and kNN of a frozen encoder on each dataset's train split, scored on `splits`.
 
-    `init`: "scratch" (random encoder: the baseline), or a checkpoint file / run folder (its
-    config.yaml supplies the model when `model_cfg` is None). `label_fraction` < 1 keeps a
+    `init`: "scratch" (random encoder: the baseline), "pixels" (no encoder: the flattened images),
+    or a checkpoint file / run folder (its config.yaml supplies the model when `model_cfg` is None). `label_fraction` < 1 keeps a
     stratified subset (seeded by `seed`) of the train split, then `max_train` caps it. `C`: the
     probe's inverse L2 strength; None picks it from C_GRID on the val split. Returns
     {flag: {method: {split: metrics}}, "_init": {...load summary...}, "_linear_C": {flag: C}}, plus
@@ -185,11 +203,11 @@ def run_probe(
     from ..models.factory import create_model
 
     infos = [dataset_info(f) for f in datasets]
-    model_cfg = model_cfg or (_model_config_of(init) if init != "scratch" else None) or ModelConfig()
+    model_cfg = model_cfg or (_model_config_of(init) if init not in ("scratch", "pixels") else None) or ModelConfig()
     torch.manual_seed(seed)
-    model = create_model(model_cfg, infos, size)
-    summary: dict = {"init": init, "model": model_cfg.name}
-    if init != "scratch":
+    model = PixelEncoder() if init == "pixels" else create_model(model_cfg, infos, size)
+    summary: dict = {"init": init, "model": "pixels" if init == "pixels" else model_cfg.name}
+    if init not in ("scratch", "pixels"):
         report = load_weights(model, init)
         summary.update({key: len(v) for key, v in report.items()})
         logger.info("probe: loaded %s (%d tensors matched, %d missing)", init, len(report["matched"]), len(report["missing"]))

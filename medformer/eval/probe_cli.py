@@ -14,7 +14,8 @@ from ..config import ModelConfig
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="medformer probe", description=__doc__.splitlines()[0])
-    parser.add_argument("--init", required=True, help="scratch (random encoder), a run folder or a .safetensors file")
+    parser.add_argument("--init", required=True,
+                        help="scratch (random encoder), pixels (no encoder), a run folder or a .safetensors file")
     parser.add_argument("--datasets", nargs="+", required=True, help="MedMNIST flags, e.g. pneumoniamnist breastmnist")
     parser.add_argument("--root", default=None, help="npz folder (else $MEDMNIST_ROOT, ~/.medmnist)")
     parser.add_argument("--model", default=None, help="model name; default: the run's config.yaml, else medformer_small")
