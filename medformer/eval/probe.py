@@ -151,13 +151,10 @@ class PixelEncoder(nn.Module):
         self.anchor = nn.Parameter(torch.zeros(0), requires_grad=False)  # gives the module a device
 
     def encode(self, inputs) -> torch.Tensor:
-        rows, flat = zip(*[(r, x.flatten(1)) for x, r in inputs.groups], strict=True)
-        if len({f.shape[1] for f in flat}) > 1:
+        if len(inputs.groups) != 1:
             raise ValueError("init=pixels needs images of one shape per batch; probe one dataset at a time")
-        out = torch.empty(len(inputs), flat[0].shape[1], dtype=flat[0].dtype, device=flat[0].device)
-        for r, f in zip(rows, flat, strict=True):
-            out[r] = f
-        return out
+        ((images, rows),) = inputs.groups
+        return images.flatten(1)[torch.argsort(rows)]  # back to batch order
 
 
 def _model_config_of(init: str) -> ModelConfig | None:
@@ -190,8 +187,9 @@ def run_probe(
     """Linear probe and kNN of a frozen encoder on each dataset's train split, scored on `splits`.
 
     `init`: "scratch" (random encoder: the baseline), "pixels" (no encoder: the flattened images),
-    or a checkpoint file / run folder (its config.yaml supplies the model when `model_cfg` is None). `label_fraction` < 1 keeps a
-    stratified subset (seeded by `seed`) of the train split, then `max_train` caps it. `C`: the
+    or a checkpoint file / run folder (its config.yaml supplies the model when `model_cfg` is
+    None). `label_fraction` < 1 keeps a stratified subset (seeded by `seed`) of the train split,
+    then `max_train` caps it. `C`: the
     probe's inverse L2 strength; None picks it from C_GRID on the val split. Returns
     {flag: {method: {split: metrics}}, "_init": {...load summary...}, "_linear_C": {flag: C}}, plus
     "_scores": {flag: {split: {"labels": [N, L], method: Evaluator-layout scores}}} with `keep_scores`
