@@ -343,8 +343,8 @@ def merge_reports(reports: list[dict]) -> dict:
     merged = {**reports[0], "command": " ; ".join(r["command"] for r in reports) + " (side by side)",
               "wall_minutes": max(r["wall_minutes"] for r in reports)}
     for key in ("minutes_per_method", "finetune_steps", "fractions", "probe_max_train", "finetune_seeds"):
-        if any(r[key] != merged[key] for r in reports):
-            raise ValueError(f"cannot merge runs with different {key}: {[r[key] for r in reports]}")
+        if any(r.get(key) != merged.get(key) for r in reports):
+            raise ValueError(f"cannot merge runs with different {key}: {[r.get(key) for r in reports]}")
     for key in ("pretrain", "probe", "finetune"):
         merged[key] = {k: v for r in reports for k, v in r[key].items()}
     baseline_first = ("pixels", "random", "scratch")
