@@ -193,6 +193,7 @@ def markdown(report: dict) -> str:
         "# Pretraining benchmark (CPU)",
         "",
         f"Command: `{report['command']}`",
+        *[f"Resumed from (pretraining, probes and fine-tunes reused): `{c}`" for c in report.get("resumed_from", [])],
         "",
         f"Machine: {report['machine']['cpu_count']} CPUs ({report['machine']['torch_threads']} torch threads), "
         f"{report['machine']['platform']}, Python {report['machine']['python']}, torch {report['machine']['torch']}; "
@@ -289,7 +290,9 @@ def main(argv: list[str] | None = None) -> int:
         "finetune_datasets": args.finetune_datasets if args.finetune_steps else [],
         "fractions": [str(f) for f in args.fractions], "finetune_seeds": args.finetune_seeds,
     }
-    done_pretrain, done_probes, done_runs = earlier_runs([json.loads(Path(f).read_text()) for f in args.resume], args)
+    earlier = [json.loads(Path(f).read_text()) for f in args.resume]
+    done_pretrain, done_probes, done_runs = earlier_runs(earlier, args)
+    report["resumed_from"] = [c for r in earlier for c in [*r.get("resumed_from", []), r["command"]]]
     if any(m in PSEUDOLABEL_METHODS and m not in done_pretrain for m in args.methods):
         print("[bench] clustering the pool into pseudo-labels", flush=True)
         report["pool"] = cluster_pool(args.root, work / "pseudolabels")
@@ -345,11 +348,10 @@ def merge_reports(reports: list[dict]) -> dict:
     for key in ("minutes_per_method", "finetune_steps", "fractions", "probe_max_train", "finetune_seeds"):
         if any(r.get(key) != merged.get(key) for r in reports):
             raise ValueError(f"cannot merge runs with different {key}: {[r.get(key) for r in reports]}")
+    order = ["pixels", "random", "scratch", *METHODS]  # baselines first, then the methods as --methods lists them
     for key in ("pretrain", "probe", "finetune"):
-        merged[key] = {k: v for r in reports for k, v in r[key].items()}
-    baseline_first = ("pixels", "random", "scratch")
-    for key in ("probe", "finetune"):
-        merged[key] = dict(sorted(merged[key].items(), key=lambda kv: kv[0] not in baseline_first))
+        merged[key] = dict(sorted(((k, v) for r in reports for k, v in r[key].items()), key=lambda kv: order.index(kv[0])))
+    merged["resumed_from"] = [c for r in reports for c in r.get("resumed_from", [])]
     merged["machine"] = {**reports[0]["machine"], "load_average_end": max(r["machine"]["load_average_end"] for r in reports)}
     return merged
 
