@@ -348,7 +348,7 @@ def merge_reports(reports: list[dict]) -> dict:
     for key in ("minutes_per_method", "finetune_steps", "fractions", "probe_max_train", "finetune_seeds"):
         if any(r.get(key) != merged.get(key) for r in reports):
             raise ValueError(f"cannot merge runs with different {key}: {[r.get(key) for r in reports]}")
-    order = ["pixels", "random", "scratch", *METHODS]  # baselines first, then the methods as --methods lists them
+    order = ["pixels", "random", "scratch", *METHODS]  # baselines first, then the methods in METHODS order
     for key in ("pretrain", "probe", "finetune"):
         merged[key] = dict(sorted(((k, v) for r in reports for k, v in r[key].items()), key=lambda kv: order.index(kv[0])))
     merged["resumed_from"] = [c for r in reports for c in r.get("resumed_from", [])]

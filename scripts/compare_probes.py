@@ -82,14 +82,9 @@ def markdown(report: dict) -> str:
             b = report["probe"][base][r["dataset"]][method]["auc"]
             sig = "**" if r["ci_low"] > 0 or r["ci_high"] < 0 else ""
             lines.append(f"| {r['init']} | {r['dataset']} | {a:.3f} | {b:.3f} | {sig}{r['delta']:+.3f} "
-                         f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]{sig} | {pval(r['p_value'], report['n_resamples'])} | "
-                         f"{pval(r['p_bonferroni'], report['n_resamples'])} |")
+                         f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]{sig} | {r['p_value']:.3f} | {r['p_bonferroni']:.3f} |")
         lines.append("")
     return "\n".join(lines)
-
-
-def pval(p: float, n: int) -> str:
-    return f"<{1 / n:.0e}" if p == 0 else f"{p:.3f}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,8 @@ def paired_bootstrap(
 ) -> dict[str, float]:
     """metric(a) - metric(b) on the test set, a percentile (1 - alpha) interval over image
     resamples (the same images for both), and a two-sided p: twice the share of resamples
-    on the far side of 0. Resamples where the metric is undefined (a class missing) are skipped."""
+    on the far side of 0, at least 1 / resamples (no finer claim is possible). Resamples where
+    the metric is undefined (a class missing) are skipped."""
     labels, scores_a, scores_b = map(np.asarray, (labels, scores_a, scores_b))
     rng = np.random.default_rng(seed)
     deltas = []
@@ -32,7 +33,7 @@ def paired_bootstrap(
     if not deltas:
         return {"delta": delta, "ci_low": math.nan, "ci_high": math.nan, "p_value": math.nan, "n_resamples": 0}
     d = np.asarray(deltas)
-    p = min(1.0, 2 * min(np.mean(d <= 0), np.mean(d >= 0)))
+    p = min(1.0, max(1 / len(d), 2 * min(np.mean(d <= 0), np.mean(d >= 0))))
     low, high = np.quantile(d, [alpha / 2, 1 - alpha / 2])
     return {"delta": float(delta), "ci_low": float(low), "ci_high": float(high), "p_value": float(p),
             "n_resamples": len(d)}
