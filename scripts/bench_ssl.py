@@ -34,7 +34,7 @@ from accelerate.state import AcceleratorState, GradientState
 from medformer.config import FinetuneConfig, load_config
 from medformer.engine.finetune import run_finetune
 from medformer.engine.pretrain import run_pretrain
-from medformer.eval.probe import run_probe
+from medformer.eval.probe import run_probe, summarize_test
 from medformer.objectives.ssl import SSL_METHODS
 from medformer.objectives.ssl_config import PretrainConfig
 from medformer.pseudolabels.run import PseudoLabelConfig, run_pseudolabel
@@ -114,11 +114,7 @@ def _train_sizes(root: str) -> dict[str, int]:
 
 def probe(init: str, root: str, max_train: int | None) -> dict:
     res = run_probe(init, DATASETS, root=root, splits=("test",), max_train=max_train, batch_size=256)
-    out = {}
-    for flag in DATASETS:
-        out[flag] = {m: {k: res[flag][m]["test"][k] for k in ("auc", "acc")} for m in ("linear", "knn")}
-        out[flag]["linear"]["C"] = res["_linear_C"][flag]
-    return out
+    return summarize_test(res, DATASETS)
 
 
 def finetune(init: str, flag: str, fraction: float, root: str, out: Path, steps: int, seed: int) -> dict:

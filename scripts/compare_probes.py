@@ -24,7 +24,7 @@ import torch
 
 from medformer.data.domains import dataset_info
 from medformer.eval.bootstrap import paired_bootstrap
-from medformer.eval.probe import run_probe
+from medformer.eval.probe import run_probe, summarize_test
 from medformer.study.stats import bonferroni
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,9 +46,7 @@ def compare(baseline: tuple[str, str], inits: list[tuple[str, str]], datasets: l
         print(f"[compare] probing {name} ({init})", flush=True)
         res = run_probe(init, datasets, root=root, splits=("test",), keep_scores=True)
         scores[name] = res["_scores"]
-        probe[name] = {f: {m: {k: res[f][m]["test"][k] for k in ("auc", "acc")} for m in METHODS} for f in datasets}
-        for f in datasets:
-            probe[name][f]["linear"]["C"] = res["_linear_C"][f]
+        probe[name] = summarize_test(res, datasets)
     rows = []
     for method in METHODS:
         block = []

@@ -189,8 +189,8 @@ def run_probe(
     `init`: "scratch" (random encoder: the baseline), "pixels" (no encoder: the flattened images),
     or a checkpoint file / run folder (its config.yaml supplies the model when `model_cfg` is
     None). `label_fraction` < 1 keeps a stratified subset (seeded by `seed`) of the train split,
-    then `max_train` caps it. `C`: the
-    probe's inverse L2 strength; None picks it from C_GRID on the val split. Returns
+    then `max_train` caps it. `C`: the probe's inverse L2 strength; None picks it from C_GRID on
+    the val split. Returns
     {flag: {method: {split: metrics}}, "_init": {...load summary...}, "_linear_C": {flag: C}}, plus
     "_scores": {flag: {split: {"labels": [N, L], method: Evaluator-layout scores}}} with `keep_scores`
     (for paired comparisons of encoders on the same images).
@@ -200,12 +200,16 @@ def run_probe(
     from ..engine.checkpoint import load_weights
     from ..models.factory import create_model
 
+    bad = [m for m in methods if m not in ("linear", "knn")]
+    if bad:
+        raise ValueError(f"unknown probe method {bad[0]!r}; use linear and/or knn")
     infos = [dataset_info(f) for f in datasets]
-    model_cfg = model_cfg or (_model_config_of(init) if init not in ("scratch", "pixels") else None) or ModelConfig()
+    from_checkpoint = init not in ("scratch", "pixels")
+    model_cfg = model_cfg or (_model_config_of(init) if from_checkpoint else None) or ModelConfig()
     torch.manual_seed(seed)
     model = PixelEncoder() if init == "pixels" else create_model(model_cfg, infos, size)
     summary: dict = {"init": init, "model": "pixels" if init == "pixels" else model_cfg.name}
-    if init not in ("scratch", "pixels"):
+    if from_checkpoint:
         report = load_weights(model, init)
         summary.update({key: len(v) for key, v in report.items()})
         logger.info("probe: loaded %s (%d tensors matched, %d missing)", init, len(report["matched"]), len(report["missing"]))
@@ -225,8 +229,6 @@ def run_probe(
             results["_linear_C"][info.flag] = c
         per_method: dict = {}
         for method in methods:
-            if method not in ("linear", "knn"):
-                raise ValueError(f"unknown probe method {method!r}; use linear and/or knn")
             per_method[method] = {}
             for split in splits:
                 x, y = feats[split]
@@ -239,3 +241,13 @@ def run_probe(
                     results["_scores"].setdefault(info.flag, {}).setdefault(split, {"labels": y})[method] = scores
         results[info.flag] = per_method
     return results
+
+
+def summarize_test(results: dict, datasets: Sequence[str]) -> dict:
+    """{flag: {method: {"auc", "acc"} (+ "C" for linear)}} of a `run_probe` result scored on test."""
+    out = {}
+    for flag in datasets:
+        out[flag] = {m: {k: per_split["test"][k] for k in ("auc", "acc")} for m, per_split in results[flag].items()}
+        if "linear" in out[flag]:
+            out[flag]["linear"]["C"] = results["_linear_C"][flag]
+    return out

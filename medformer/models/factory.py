@@ -43,6 +43,7 @@ def add_domains(model: nn.Module, domains: list[tuple[str, str]]) -> None:
     """(modality, body part) latents for samples whose domain is not a dataset's (DICOM items);
     CNNs have no domain latents."""
     adapter = getattr(model, "input_adapt", None)
+    if adapter is None:
+        return
     for modality, body_part in domains:
-        if adapter is not None:
-            adapter.add_domain(modality, body_part)
+        adapter.add_domain(modality, body_part)
