@@ -28,6 +28,7 @@ class DataConfig:
     verify_md5: bool = True
     num_workers: int = 0
     label_fraction: float = 1.0  # stratified subset of the training labels
+    balance_datasets: bool = False  # draw each training dataset equally often (else each image equally often)
     max_train_samples: int | None = None  # per dataset, for smoke runs
     dicom_cache: str | None = None  # pretrain only: an ingested DICOM cache (e.g. <pseudolabel output_dir>/dicom_cache)
 
@@ -70,6 +71,9 @@ class TrainConfig:
     log_every: int = 10
     max_steps: int | None = None  # optimizer steps; stops early (budgets, tests)
     max_minutes: float | None = None  # training-time budget (not deterministic: benchmarks only)
+    # steps | time: with time, LR (and momentum) schedules follow training time / max_minutes and the
+    # run ends at max_minutes; epochs and max_steps only set the warmup's share (warmup / total steps)
+    schedule_by: str = "steps"
     checkpoint_every: int = 0  # extra checkpoint every N optimizer steps (0: epoch ends only)
     early_stopping: int = 0  # patience in epochs on the val metric (0: off)
     monitor: str = "auc"  # val metric for best checkpoint and early stopping

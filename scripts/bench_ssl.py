@@ -34,7 +34,7 @@ from accelerate.state import AcceleratorState, GradientState
 from medformer.config import FinetuneConfig, load_config
 from medformer.engine.finetune import run_finetune
 from medformer.engine.pretrain import run_pretrain
-from medformer.eval.probe import run_probe, summarize_test
+from medformer.eval.probe import C_GRID, run_probe, summarize_test
 from medformer.objectives.ssl import SSL_METHODS
 from medformer.objectives.ssl_config import PretrainConfig
 from medformer.pseudolabels.run import PseudoLabelConfig, run_pseudolabel
@@ -71,23 +71,24 @@ def seconds_per_step(method: str, root: str, extra: list[str]) -> float:
 
 
 def pretrain(method: str, root: str, out: Path, minutes: float, extra: list[str]) -> dict:
-    """Pretrain for `minutes`: the schedule is sized from a throughput calibration, and
-    ssl.max_minutes stops the run at the budget whatever the estimate."""
+    """Pretrain for `minutes` of training time: LR and momentum schedules follow the elapsed share
+    of the budget (train.schedule_by=time), so every method warms up for its first 10% and anneals
+    by its last step whatever its speed; a throughput calibration only sizes the nominal step count."""
     per_step = seconds_per_step(method, root, extra)
-    steps = max(10, int(0.97 * minutes * 60 / per_step))
+    steps = max(10, int(minutes * 60 / per_step))
     cfg = pretrain_config(method, root, out, extra)
     steps_per_epoch = sum(_train_sizes(root).values()) // cfg.train.batch_size
     epochs = math.ceil(steps / steps_per_epoch)
     cfg = pretrain_config(method, root, out, [
-        *extra, f"train.max_steps={steps}", f"train.epochs={epochs}", f"ssl.max_minutes={minutes}",
-        f"train.warmup_epochs={0.1 * steps / steps_per_epoch:.4f}",
+        *extra, f"train.max_steps={steps}", f"train.epochs={epochs}", f"train.max_minutes={minutes}",
+        "train.schedule_by=time", f"train.warmup_epochs={0.1 * steps / steps_per_epoch:.4f}",
     ])
     t0 = time.perf_counter()
     metrics = run_pretrain(cfg)
     reset_accelerate()
     card = json.loads((out / "model_card.json").read_text())
     return {
-        "planned_steps": steps, "steps": card["steps"], "samples_seen": card["samples_seen"],
+        "nominal_steps": steps, "steps": card["steps"], "samples_seen": card["samples_seen"],
         "train_seconds": card["train_seconds"], "wall_seconds": round(time.perf_counter() - t0, 1),
         "img_per_s": card["samples_per_second"], "stopped_by_time_budget": card["stopped_by_time_budget"],
         "final_loss": metrics["final_loss"], "embedding": metrics["embedding"],
@@ -159,12 +160,19 @@ def earlier_runs(reports: list[dict], args: argparse.Namespace) -> tuple[dict, d
                              "resume only from a report made with the same settings")
         pretrain.update(r["pretrain"])
         probes.update(r["probe"])
-        for init, per_flag in r["finetune"].items():
-            for flag, per_frac in per_flag.items():
-                for frac, res in per_frac.items():
-                    for run in res.get("runs", [{**res, "seed": 0}]):  # older reports: one seed-0 run
-                        runs[(init, flag, frac, run["seed"])] = run
+        runs.update(finetune_runs(r))
     return pretrain, probes, runs
+
+
+def finetune_runs(report: dict) -> dict[tuple[str, str, str, int], dict]:
+    """Every fine-tuning run of a report by (init, dataset, fraction, seed)."""
+    runs = {}
+    for init, per_flag in report["finetune"].items():
+        for flag, per_frac in per_flag.items():
+            for frac, res in per_frac.items():
+                for run in res.get("runs", [{**res, "seed": 0}]):  # older reports: one seed-0 run
+                    runs[(init, flag, frac, run["seed"])] = run
+    return runs
 
 
 def published() -> list[dict]:
@@ -190,6 +198,7 @@ def markdown(report: dict) -> str:
         "",
         f"Command: `{report['command']}`",
         *[f"Resumed from (pretraining, probes and fine-tunes reused): `{c}`" for c in report.get("resumed_from", [])],
+        *([f"Scratch fine-tunes reused from: `{report['scratch_from']}`"] if report.get("scratch_from") else []),
         "",
         f"Machine: {report['machine']['cpu_count']} CPUs ({report['machine']['torch_threads']} torch threads), "
         f"{report['machine']['platform']}, Python {report['machine']['python']}, torch {report['machine']['torch']}; "
@@ -198,10 +207,12 @@ def markdown(report: dict) -> str:
         "at the end (other jobs on the same cores slow every timing down).",
         "",
         f"Each method: medformer_small pretrained for {report['minutes_per_method']} min of training on the unlabeled "
-        f"train splits of {', '.join(DATASETS)} (28 px; 2D and 3D mixed in each batch). Probes: frozen `encode()` "
+        f"train splits of {', '.join(DATASETS)} (28 px; 2D and 3D mixed in each batch"
+        f"{'; LR and momentum schedules by elapsed time' if report.get('schedule_by') == 'time' else ''}"
+        f"{'; extra overrides ' + ' '.join(report['pretrain_overrides']) if report.get('pretrain_overrides') else ''}). Probes: frozen `encode()` "
         f"features, train split{' (first ' + str(report['probe_max_train']) + ' per dataset)' if report['probe_max_train'] else ''} "
         "-> test split; linear = logistic regression on standardized features (L2 strength C chosen per encoder and "
-        "dataset on the val split from 1e-3..10), kNN = cosine, k=20, T=0.07. "
+        f"dataset on the val split from {report.get('probe_C_grid', '1e-3..10')}), kNN = cosine, k=20, T=0.07. "
         "AUC/ACC as medmnist.Evaluator. `pixels`: the same probes on the flattened images (no encoder); `random`: "
         "the random-init encoder.",
         "",
@@ -237,7 +248,8 @@ def markdown(report: dict) -> str:
                   f"best-val epoch): test AUC / ACC{f', mean ± std over seeds {seeds}' if len(seeds) > 1 else ''}", "",
                   "| labels | " + " | ".join(inits_ft) + " |", "|---|" + "---|" * len(inits_ft)]
         for frac in report["fractions"]:
-            cells = [finetune_cell(report["finetune"][i][flag][frac], len(seeds)) for i in inits_ft]
+            cells = [finetune_cell(report["finetune"][i][flag][frac], len(seeds)) if frac in report["finetune"][i][flag]
+                     else "-" for i in inits_ft]
             lines.append(f"| {float(frac):.0%} | " + " | ".join(cells) + " |")
     lines += ["", "## Published test results (same datasets, fully supervised unless noted)", "",
               "| dataset | size | method | AUC | ACC | source |", "|---|---|---|---|---|---|"]
@@ -258,10 +270,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe-max-train", type=int, default=None, help="cap the probe's train split per dataset")
     parser.add_argument("--finetune-steps", type=int, default=500, help="per fine-tuning run; 0 skips them")
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.1, 1.0])
+    parser.add_argument("--method-fractions", type=float, nargs="+", default=None,
+                        help="label fractions fine-tuned from the pretrained methods (default: --fractions; "
+                             "scratch always runs --fractions)")
     parser.add_argument("--finetune-seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--resume", nargs="+", default=[], metavar="JSON",
                         help="reuse the pretraining, probes and fine-tunes of earlier reports of this benchmark "
                              "(same budget and settings, same --work-dir)")
+    parser.add_argument("--reuse-scratch", default=None, metavar="JSON",
+                        help="reuse only the scratch fine-tunes of an earlier report (same --finetune-steps): they "
+                             "depend on no pretraining")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--set", nargs="*", default=[], help="extra pretrain overrides, e.g. train.batch_size=64")
     parser.add_argument("--no-baseline", action="store_true",
@@ -285,9 +303,17 @@ def main(argv: list[str] | None = None) -> int:
         "datasets": DATASETS, "pretrain": {}, "probe": {}, "finetune": {}, "finetune_steps": args.finetune_steps,
         "finetune_datasets": args.finetune_datasets if args.finetune_steps else [],
         "fractions": [str(f) for f in args.fractions], "finetune_seeds": args.finetune_seeds,
+        "schedule_by": "time", "pretrain_overrides": args.set, "probe_C_grid": ", ".join(f"{c:g}" for c in C_GRID),
     }
     earlier = [json.loads(Path(f).read_text()) for f in args.resume]
     done_pretrain, done_probes, done_runs = earlier_runs(earlier, args)
+    if args.reuse_scratch:
+        scratch = json.loads(Path(args.reuse_scratch).read_text())
+        if scratch["finetune_steps"] != args.finetune_steps:
+            raise SystemExit(f"--reuse-scratch: that report fine-tuned for {scratch['finetune_steps']} steps, "
+                             f"this run uses {args.finetune_steps}")
+        done_runs.update({key: run for key, run in finetune_runs(scratch).items() if key[0] == "scratch"})
+        report["scratch_from"] = scratch["command"]
     report["resumed_from"] = [c for r in earlier for c in [*r.get("resumed_from", []), r["command"]]]
     if any(m in PSEUDOLABEL_METHODS and m not in done_pretrain for m in args.methods):
         print("[bench] clustering the pool into pseudo-labels", flush=True)
@@ -311,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
             report["finetune"][init] = {}
             for flag in args.finetune_datasets:
                 report["finetune"][init][flag] = {}
-                for frac in args.fractions:
+                for frac in args.fractions if init == "scratch" else args.method_fractions or args.fractions:
                     runs = []
                     for seed in args.finetune_seeds:
                         if (init, flag, str(frac), seed) in done_runs:
@@ -348,6 +374,7 @@ def merge_reports(reports: list[dict]) -> dict:
     for key in ("pretrain", "probe", "finetune"):
         merged[key] = dict(sorted(((k, v) for r in reports for k, v in r[key].items()), key=lambda kv: order.index(kv[0])))
     merged["resumed_from"] = [c for r in reports for c in r.get("resumed_from", [])]
+    merged["scratch_from"] = next((r["scratch_from"] for r in reports if r.get("scratch_from")), None)
     merged["machine"] = {**reports[0]["machine"], "load_average_end": max(r["machine"]["load_average_end"] for r in reports)}
     return merged
 

@@ -258,4 +258,8 @@ def test_bad_pseudolabel_settings_exit_2_with_one_line(tmp_path, capsys):
                           "pseudolabel.labels=null", f"output_dir={out}"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and "ssl.method=none needs pseudolabel.labels" in err[-1]
+    code = pretrain_main(["--config", str(REPO / "configs/pretrain/pseudolabel_small.yaml"),
+                          f"pseudolabel.labels={tmp_path}", "data.balance_datasets=true", f"output_dir={out}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "set one to false" in err[0]
     assert not out.exists()

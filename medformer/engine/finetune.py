@@ -11,13 +11,14 @@ from accelerate.utils import set_seed
 from ..config import FinetuneConfig, save_config, to_dict
 from ..data.domains import dataset_info
 from ..data.loaders import augment_factory, eval_loaders, train_dataset, train_loader
+from ..data.samplers import DatasetBalancedSampler
 from ..data.transforms import eval_transform
 from ..eval.evaluate import evaluate_tasks
 from ..models.factory import create_model, is_medformer
 from ..objectives.supervised import SupervisedObjective
 from .checkpoint import load_weights
 from .protocols import apply_finetune_mode, check_mode, layer_decay_scales
-from .trainer import Trainer, make_accelerator
+from .trainer import Trainer, check_train_config, make_accelerator
 
 logger = logging.getLogger(__name__)
 
@@ -64,11 +65,13 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
         raise ValueError(f"resume={cfg.resume} must equal output_dir={cfg.output_dir} (a run continues in place)")
     check_mode(cfg.finetune_mode)
     check_init(cfg)
+    check_train_config(cfg.train)
     accelerator = make_accelerator(cfg.train, out)
     set_seed(cfg.seed)
     train_ds = train_dataset(cfg.data, augment_factory(cfg.augment), cfg.seed)
     fit_batch_size(cfg, len(train_ds), accelerator.num_processes)
-    loader = train_loader(train_ds, cfg.train.batch_size, cfg.data.num_workers, cfg.seed)
+    sampler = DatasetBalancedSampler(train_ds, cfg.seed) if cfg.data.balance_datasets else None
+    loader = train_loader(train_ds, cfg.train.batch_size, cfg.data.num_workers, cfg.seed, sampler)
     model = create_model(cfg.model, infos, cfg.data.size, pretrained=cfg.init == "imagenet")
     init_report = init_model(model, cfg.init)
     param_counts = apply_finetune_mode(model, cfg.finetune_mode)

@@ -11,7 +11,6 @@ import dataclasses
 import json
 import logging
 import platform
-import time
 from collections import deque
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,10 +21,11 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
-from ..config import DataConfig, save_config, to_dict
+from ..config import DataConfig, TrainConfig, save_config, to_dict
 from ..data.batch import collate
 from ..data.domains import MULTI_LABEL, dataset_info
 from ..data.loaders import SeededTransform, medmnist_split, train_dataset, train_loader
+from ..data.samplers import DatasetBalancedSampler
 from ..data.transforms import MultiViewTransform, eval_transform
 from ..eval.probe import extract_features, knn_eval
 from ..models.factory import add_domains, create_model
@@ -41,7 +41,7 @@ from ..pseudolabels.targets import (
     read_label_table,
 )
 from .checkpoint import save_weights
-from .trainer import Trainer, make_accelerator
+from .trainer import Trainer, check_train_config, make_accelerator
 
 logger = logging.getLogger(__name__)
 
@@ -74,12 +74,9 @@ class KnnProbe:
 
 
 class PretrainMonitor:
-    """The Trainer's step callback: loss window, collapse detector, online kNN, time budget.
+    """The Trainer's step callback: loss window, collapse detector, online kNN.
 
-    Collapse statistics and kNN run on the main process (every rank calls this). The time budget
-    (`ssl.max_minutes`) is decided on the main process and broadcast, so all processes stop at the
-    same step; it stops the Trainer by lowering its `total_steps` to the current step, which ends
-    the epoch normally (export, checkpoint).
+    Collapse statistics and kNN run on the main process (every rank calls this).
     """
 
     def __init__(self, cfg: PretrainConfig, accelerator: Accelerator, knn: KnnProbe | None = None):
@@ -92,20 +89,6 @@ class PretrainMonitor:
         self.embedding_step = -1
         self.objective: SSLObjective | None = None
         self.knn_metrics: dict[str, float] = {}
-        self.trainer: Trainer | None = None
-        self.stopped_by_time = False
-        self._start: float | None = None
-        self._seconds_before = 0.0
-
-    def start(self, trainer: Trainer) -> None:
-        self.trainer = trainer
-        self._seconds_before = trainer.state.train_seconds
-        self._start = time.perf_counter()
-
-    @property
-    def train_minutes(self) -> float:
-        started = self._start if self._start is not None else time.perf_counter()
-        return (self._seconds_before + time.perf_counter() - started) / 60
 
     def global_losses(self, losses: dict[str, torch.Tensor]) -> dict[str, float]:
         """The step's loss terms averaged over processes (the objective's terms are the same on every
@@ -141,19 +124,7 @@ class PretrainMonitor:
             if self.knn is not None and every and step % every == 0:
                 self.knn_metrics = self.knn(objective.model)
                 logs.update(self.knn_metrics)
-        self._check_time(step)
         return logs or None
-
-    def _check_time(self, step: int) -> None:
-        budget = self.cfg.ssl.max_minutes
-        if budget is None or self.trainer is None:
-            return
-        stop = torch.tensor([float(self.train_minutes >= budget)], device=self.acc.device)
-        if self.acc.num_processes > 1:
-            stop = self.acc.reduce(stop * float(self.acc.is_main_process), "sum")  # main decides
-        if stop.item() > 0:
-            self.stopped_by_time = True
-            self.trainer.total_steps = step
 
 
 def method_name(cfg: PretrainConfig) -> str:
@@ -177,7 +148,7 @@ def model_card(cfg: PretrainConfig, trainer: Trainer, monitor: PretrainMonitor, 
         "samples_seen": st.samples_seen,
         "train_seconds": round(st.train_seconds, 1),
         "samples_per_second": round(st.samples_seen / st.train_seconds, 1) if st.train_seconds else None,
-        "stopped_by_time_budget": monitor.stopped_by_time,
+        "stopped_by_time_budget": trainer.stopped_by_time,
         "final_loss": monitor.recent_losses(),
         "embedding": monitor.update_embedding(st.step),
         "knn": monitor.knn_metrics,
@@ -237,8 +208,16 @@ def check_objectives(cfg: PretrainConfig) -> None:
     if cfg.monitor.knn_every and not (cfg.monitor.knn_dataset or cfg.data.datasets):
         raise ValueError("the online kNN needs a labeled MedMNIST dataset: set monitor.knn_dataset=<flag> "
                          "or monitor.knn_every=0")
+    if cfg.data.balance_datasets and cfg.pseudolabel.labels and cfg.pseudolabel.balanced:
+        raise ValueError("data.balance_datasets and pseudolabel.balanced both choose the sampling: set one to false")
     if cfg.pseudolabel.recluster_every < 0:
         raise ValueError(f"pseudolabel.recluster_every must be >= 0, got {cfg.pseudolabel.recluster_every}")
+
+
+def train_config(cfg: PretrainConfig) -> TrainConfig:
+    """cfg.train with `ssl.max_minutes` (the older name of the budget) folded into train.max_minutes."""
+    budgets = [m for m in (cfg.train.max_minutes, cfg.ssl.max_minutes) if m is not None]
+    return dataclasses.replace(cfg.train, max_minutes=min(budgets) if budgets else None)
 
 
 def pseudolabel_head_size(cfg: PretrainConfig, labels: np.ndarray) -> tuple[int, int]:
@@ -272,6 +251,8 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     """Pretrain, exporting the encoder each epoch; returns the content of metrics.json."""
     out = Path(cfg.output_dir)
     check_objectives(cfg)
+    train = train_config(cfg)
+    check_train_config(train)
     label_table = read_label_table(cfg.pseudolabel.labels) if cfg.pseudolabel.labels else None
     for flag in cfg.data.datasets:
         dataset_info(flag)  # unknown flags fail before any output
@@ -289,10 +270,12 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     model = create_model(cfg.model, [base.info for base in bases], data.size)
     add_domains(model, sorted({d for base in bases for d in getattr(base, "domains", [])}))
     objective = build_ssl_objective(cfg.ssl.method, model, cfg.ssl) if cfg.ssl.method != "none" else None
-    sampler = reclustering = None
+    sampler = DatasetBalancedSampler(dataset, cfg.seed) if data.balance_datasets else None
+    reclustering = None
     if label_table is not None:
-        dataset, objective, sampler, reclustering = with_pseudolabels(cfg, dataset, label_table, model, objective,
-                                                                      accelerator)
+        dataset, objective, class_sampler, reclustering = with_pseudolabels(cfg, dataset, label_table, model,
+                                                                            objective, accelerator)
+        sampler = sampler or class_sampler  # check_objectives allows at most one
     loader = train_loader(dataset, cfg.train.batch_size, data.num_workers, cfg.seed, sampler)
     knn = None
     if cfg.monitor.knn_every and accelerator.is_main_process:
@@ -309,12 +292,11 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
         (Path(output_dir) / "model_card.md").write_text(card_markdown(card))
 
     trainer = Trainer(
-        cfg.train, objective, loader, out, accelerator, loss_weights=cfg.loss_weights, export=export,
+        train, objective, loader, out, accelerator, loss_weights=cfg.loss_weights, export=export,
         run_config=to_dict(cfg), step_callback=monitor, epoch_start=reclustering,
     )
     if cfg.resume:
         trainer.resume(cfg.resume)
-    monitor.start(trainer)
     trainer.fit()
     metrics = {
         "method": method_name(cfg),
@@ -328,6 +310,6 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     if accelerator.is_main_process:
         _write_json(out / "metrics.json", metrics)
         _write_json(out / "train_stats.json", {**trainer.stats(), "history": trainer.history,
-                                               "stopped_by_time_budget": monitor.stopped_by_time})
+                                               "stopped_by_time_budget": trainer.stopped_by_time})
     trainer.close()
     return metrics

@@ -49,6 +49,16 @@ def make_accelerator(train: TrainConfig, output_dir: str | Path, log: bool = Tru
     )
 
 
+def check_train_config(train: TrainConfig) -> None:
+    """Reject schedule settings that cannot work (called before a run writes anything)."""
+    if train.schedule not in ("cosine", "onecycle", "constant"):
+        raise ValueError(f"train.schedule must be cosine, onecycle or constant, got {train.schedule!r}")
+    if train.schedule_by not in ("steps", "time"):
+        raise ValueError(f"train.schedule_by must be steps or time, got {train.schedule_by!r}")
+    if train.schedule_by == "time" and train.max_minutes is None:
+        raise ValueError("train.schedule_by=time needs a budget: set train.max_minutes (or ssl.max_minutes)")
+
+
 def lr_lambda(schedule: str, total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     """Multiplier of the base LR at each optimizer step: linear warmup, then cosine or flat."""
 
@@ -85,16 +95,15 @@ def build_optimizer(
     ]
     if not param_groups:
         raise ValueError("no trainable parameters: every parameter is frozen")
+    check_train_config(train)
     optimizer = torch.optim.AdamW(param_groups, lr=train.lr)
     if train.schedule == "onecycle":
         total = max(total_steps, 1)
         # OneCycle divides by the length of its warm-up phase: keep it at least 1.5 steps
         pct_start = min(max(min(warmup_steps / total, 0.5), 0.01, 1.5 / total), 0.99)
         scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=train.lr, total_steps=total, pct_start=pct_start)
-    elif train.schedule in ("cosine", "constant"):
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(train.schedule, total_steps, warmup_steps))
     else:
-        raise ValueError(f"train.schedule must be cosine, onecycle or constant, got {train.schedule!r}")
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(train.schedule, total_steps, warmup_steps))
     return optimizer, scheduler
 
 
@@ -157,6 +166,7 @@ class Trainer:
         self.scheduler = scheduler  # saved by us, not register_for_checkpointing (that one unpickles)
         self.state = TrainerState()
         self.history: list[dict] = []
+        self.stopped_by_time = False
         if self.acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
         self.acc.init_trackers("tb", config=_flat_hparams(run_config or {}))
@@ -213,19 +223,28 @@ class Trainer:
             if self.acc.sync_gradients and self.cfg.grad_clip > 0:
                 self.acc.clip_grad_norm_(self.objective.parameters(), self.cfg.grad_clip)
             self.optimizer.step()
-            if self.acc.sync_gradients:
+            if self.acc.sync_gradients and self.cfg.schedule_by == "steps":
                 self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
         out = {f"loss/{k}": v.detach().float().item() for k, v in losses.items()}
         out["loss/total"] = total.detach().float().item()
         return out
 
-    def _out_of_time(self, seconds: float) -> bool:
-        """Rank 0 decides and all ranks follow, so processes never stop at different steps."""
-        over = torch.tensor([float(seconds >= 60 * self.cfg.max_minutes and self.acc.is_main_process)], device=self.acc.device)
+    def _main_seconds(self, seconds: float) -> float:
+        """Rank 0's training seconds on every rank: time decisions (stop, LR) never differ between
+        processes."""
+        own = seconds if self.acc.is_main_process else 0.0
+        shared = torch.tensor([own], dtype=torch.float64, device=self.acc.device)
         if self.acc.num_processes > 1:
-            over = self.acc.reduce(over, "sum")
-        return over.item() > 0
+            shared = self.acc.reduce(shared, "sum")
+        return shared.item()
+
+    def _schedule_position(self, seconds: float | None) -> int:
+        """Where the LR and momentum schedules stand: the optimizer step, or with schedule_by=time
+        the same share of total_steps as `seconds` is of the time budget."""
+        if self.cfg.schedule_by == "steps":
+            return self.state.step
+        return min(self.total_steps, int(self.total_steps * seconds / (60 * self.cfg.max_minutes)))
 
     def _mean_over_processes(self, logs: dict[str, float]) -> dict[str, float]:
         """Each logged loss averaged over the processes that have it (tasks may differ per rank)."""
@@ -257,8 +276,9 @@ class Trainer:
             desc="train", dynamic_ncols=True,
         )
         last_metrics: dict = {}
-        stop = st.step >= self.total_steps
-        while st.epoch < cfg.epochs and not stop:
+        by_time = cfg.schedule_by == "time"
+        stop = not by_time and st.step >= self.total_steps
+        while (by_time or st.epoch < cfg.epochs) and not stop:
             if self.epoch_start is not None:
                 self.epoch_start(st.epoch, self.model)
             self._set_epoch(st.epoch)
@@ -273,8 +293,15 @@ class Trainer:
                 if not self.acc.sync_gradients:
                     continue
                 st.step += 1
+                seconds = None
+                if cfg.max_minutes is not None:
+                    seconds = self._main_seconds(st.train_seconds + time.perf_counter() - t0)
+                position = self._schedule_position(seconds)
+                if cfg.schedule_by == "time":
+                    self.scheduler.last_epoch = position - 1  # step() moves it to `position`
+                    self.scheduler.step()
                 if log_step is not None:
-                    log_step(st.step, self.total_steps)
+                    log_step(position, self.total_steps)
                 if self.step_callback is not None:
                     extra = self.step_callback(st.step, self.acc.unwrap_model(self.objective))
                     if extra:
@@ -285,8 +312,8 @@ class Trainer:
                     logs["lr"] = self.scheduler.get_last_lr()[0]
                     self.acc.log(logs, step=st.step)
                     bar.set_postfix(loss=f"{logs['loss/total']:.4f}")
-                out_of_time = cfg.max_minutes is not None and self._out_of_time(st.train_seconds + time.perf_counter() - t0)
-                if st.step >= self.total_steps or out_of_time:
+                self.stopped_by_time = seconds is not None and seconds >= 60 * cfg.max_minutes
+                if self.stopped_by_time or (cfg.schedule_by == "steps" and st.step >= self.total_steps):
                     stop = True
                     break
                 if cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0:

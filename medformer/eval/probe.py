@@ -25,7 +25,7 @@ from .metrics import medmnist_metrics
 
 logger = logging.getLogger(__name__)
 
-C_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)  # inverse L2 strengths tried on the val split when C is None
+C_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)  # inverse L2 strengths tried on the val split when C is None
 
 
 @torch.no_grad()

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import csv
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
 from scipy.optimize import linear_sum_assignment
-from torch.utils.data import ConcatDataset, Dataset, Sampler
+from torch.utils.data import ConcatDataset, Dataset
 
 from ..data.loaders import EpochConcat, SeededTransform
+from ..data.samplers import EpochWeightedSampler
 from .clustering import cluster_grid
 from .features import embed, fuse
 
@@ -92,22 +92,16 @@ class PseudoLabeled(Dataset):
         return {**self.base[i], "pseudolabel": int(self.labels[i])}
 
 
-class BalancedSampler(Sampler[int]):
-    """Draws len(dataset) samples per epoch with replacement, each class equally often.
+class BalancedSampler(EpochWeightedSampler):
+    """Each class drawn equally often, len(dataset) samples per epoch with replacement.
 
     Unlabeled samples are drawn with the mean labeled weight when `keep_unlabeled` (they still
-    feed an SSL objective), else never. The draw depends only on (seed, epoch), so every process
-    and a resumed run see the same order.
+    feed an SSL objective), else never.
     """
 
     def __init__(self, dataset: PseudoLabeled, seed: int, keep_unlabeled: bool):
-        self.dataset = dataset
-        self.seed = seed
+        super().__init__(dataset, seed)
         self.keep_unlabeled = keep_unlabeled
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def weights(self) -> torch.Tensor:
         labels = torch.as_tensor(self.dataset.labels)
@@ -118,13 +112,6 @@ class BalancedSampler(Sampler[int]):
         if self.keep_unlabeled and (~labeled).any():
             w[~labeled] = w[labeled].mean()
         return w
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        yield from torch.multinomial(self.weights(), len(self), replacement=True, generator=generator).tolist()
 
 
 def class_counts(labels: np.ndarray) -> dict[int, int]:
