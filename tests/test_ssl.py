@@ -8,7 +8,6 @@ import logging
 import os
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +40,7 @@ from medformer.objectives.ssl import (
     MomentumObjective,
     build_ssl_objective,
 )
-from medformer.objectives.ssl_config import PretrainConfig, SSLConfig
+from medformer.objectives.ssl_config import SSLConfig
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = sorted(SSL_METHODS)
@@ -226,7 +225,8 @@ def distributed_runs(tmp_path_factory):
             f"data.root={root}", f"data.datasets=[{','.join(MIXED)}]", "data.max_train_samples=64",
             "train.batch_size=8", "train.epochs=50", "train.progress=false", "ssl.proj_hidden_dim=64",
             "ssl.proj_output_dim=32", "monitor.every=2", "monitor.knn_every=3", "monitor.knn_bank_size=32",
-            "monitor.knn_max_queries=32", "ssl.max_minutes=0.01", f"output_dir={tmp / 'ddp_pretrain'}",
+            "monitor.knn_max_queries=32", "ssl.max_minutes=0.01", "train.schedule_by=time",
+            "data.balance_datasets=true", f"output_dir={tmp / 'ddp_pretrain'}",
         ]
     single = subprocess.Popen([sys.executable, script, str(tmp / "one.pt"), "--dtype", "float64"],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -263,7 +263,8 @@ def test_two_processes_equal_one_process_for_every_method(distributed_runs):
 
 
 def test_two_process_pretrain_run_stops_together_on_the_time_budget(distributed_runs):
-    """`pretrain` in 2 gloo processes: DDP, synced BatchNorm, rank-0 kNN, a shared stop step."""
+    """`pretrain` in 2 gloo processes: DDP, synced BatchNorm, rank-0 kNN, dataset-balanced sampling,
+    and a stop step and time-driven schedule decided by rank 0's clock."""
     tmp, ran = distributed_runs
     if not ran:
         pytest.skip("real MedMNIST files not found beside the repo")
@@ -295,20 +296,6 @@ def test_collapse_detector_warns_once(caplog):
         detector(collapsed, step=3)
     assert stats["embedding/collapsed"] == 1.0 and stats["embedding/std"] < 0.1 / np.sqrt(32)
     assert sum("collapse" in r.message for r in caplog.records) == 1
-
-
-def test_time_budget_stops_all_processes_at_the_same_step():
-    from medformer.engine.pretrain import PretrainMonitor
-
-    cfg = PretrainConfig()
-    cfg.ssl.max_minutes = 0.0
-    acc = types.SimpleNamespace(device="cpu", num_processes=1, is_main_process=True)
-    trainer = types.SimpleNamespace(total_steps=100, state=types.SimpleNamespace(train_seconds=0.0))
-    monitor = PretrainMonitor(cfg, acc)
-    monitor.start(trainer)
-    objective = types.SimpleNamespace(last_losses={"ssl/x": torch.tensor(1.0)}, last_embeddings=torch.randn(8, 4))
-    monitor(3, objective)
-    assert trainer.total_steps == 3 and monitor.stopped_by_time
 
 
 # ------------------------------------------------------------------ entry point, export, finetune init
