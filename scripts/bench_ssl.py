@@ -315,6 +315,13 @@ def main(argv: list[str] | None = None) -> int:
         done_runs.update({key: run for key, run in finetune_runs(scratch).items() if key[0] == "scratch"})
         report["scratch_from"] = scratch["command"]
     report["resumed_from"] = [c for r in earlier for c in [*r.get("resumed_from", []), r["command"]]]
+    progress = Path(args.out) / f"{args.name}.partial.json"
+
+    def save_progress() -> None:
+        """Write what is done so far, so an interrupted run goes on with --resume <name>.partial.json."""
+        progress.parent.mkdir(parents=True, exist_ok=True)
+        progress.write_text(json.dumps({**report, "wall_minutes": (time.perf_counter() - t_start) / 60}, default=float))
+
     if any(m in PSEUDOLABEL_METHODS and m not in done_pretrain for m in args.methods):
         print("[bench] clustering the pool into pseudo-labels", flush=True)
         report["pool"] = cluster_pool(args.root, work / "pseudolabels")
@@ -326,11 +333,13 @@ def main(argv: list[str] | None = None) -> int:
         extra = [*args.set, *([f"pseudolabel.labels={work / 'pseudolabels'}"] if method in PSEUDOLABEL_METHODS else [])]
         report["pretrain"][method] = pretrain(method, args.root, work / method, args.minutes_per_method, extra)
         print(f"[bench] {method}: {report['pretrain'][method]}", flush=True)
+        save_progress()
     baseline = [] if args.no_baseline else [("pixels", "pixels"), ("random", "scratch")]
     for init, path in [*baseline, *[(m, str(work / m)) for m in args.methods]]:
         if init not in done_probes:
             print(f"[bench] probing {init}", flush=True)
         report["probe"][init] = done_probes.get(init) or probe(path, args.root, args.probe_max_train)
+        save_progress()
     if args.finetune_steps:
         baseline = [] if args.no_baseline else [("scratch", "scratch")]
         for init, path in [*baseline, *[(m, str(work / m)) for m in args.methods]]:
@@ -346,12 +355,16 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"[bench] fine-tuning {flag} from {init} with {frac:.0%} labels, seed {seed}", flush=True)
                         folder = work / f"ft_{init}_{flag}_{frac}{f'_s{seed}' if seed else ''}"
                         runs.append(finetune(path, flag, frac, args.root, folder, args.finetune_steps, seed))
+                        report["finetune"][init][flag][str(frac)] = {"runs": runs}
+                        save_progress()
                     report["finetune"][init][flag][str(frac)] = seed_summary(runs)
     report["published"] = published()
     report["wall_minutes"] = (time.perf_counter() - t_start) / 60
     report["machine"]["load_average_end"] = os.getloadavg()[0]
     report["written"] = time.strftime("%Y-%m-%d %H:%M", time.localtime())
-    return write_report(report, Path(args.out), args.name)
+    write_report(report, Path(args.out), args.name)
+    progress.unlink(missing_ok=True)
+    return 0
 
 
 def write_report(report: dict, out: Path, name: str) -> int:
