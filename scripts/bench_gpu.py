@@ -35,6 +35,7 @@ from medformer.models.factory import create_model  # noqa: E402
 from medformer.objectives.ssl import SSL_METHODS  # noqa: E402
 
 XOPS = attention_module.xops
+USABLE = False  # set in main()
 
 
 def xformers_version() -> str | None:
@@ -44,6 +45,19 @@ def xformers_version() -> str | None:
         return xformers.__version__
     except Exception as exc:  # noqa: BLE001 - report why it is unavailable
         return f"unavailable: {type(exc).__name__}: {exc}"
+
+
+def xformers_usable() -> str:
+    """'yes', or why xformers' kernel cannot run here (attention() then falls back to SDPA)."""
+    if XOPS is None:
+        return "no: " + str(xformers_version())
+    q = torch.randn(4, 4, 35, 16, device="cuda", dtype=torch.bfloat16)
+    try:
+        XOPS.memory_efficient_attention(q, q, q)
+        return "yes"
+    except NotImplementedError as exc:
+        msg = " ".join(str(exc).split())
+        return "no: " + ("this build has no CUDA kernels (built for another torch/CUDA)" if "CUDA support" in msg else msg[:200])
 
 
 def numerics() -> dict:
@@ -65,7 +79,7 @@ def numerics() -> dict:
         out = {}
         for name, autocast, xops in [("cuda_fp32_sdpa", False, None), ("cuda_bf16_sdpa", True, None),
                                      ("cuda_bf16_xformers", True, XOPS)]:
-            if name.endswith("xformers") and XOPS is None:
+            if name.endswith("xformers") and not USABLE:
                 continue
             attention_module.xops = xops
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
@@ -77,7 +91,7 @@ def numerics() -> dict:
 
 
 def pretrain_throughput(method: str, root: str, steps: int, workers: int, xformers: bool, batch: int) -> dict:
-    attention_module.xops = XOPS if xformers else None
+    attention_module.xops = XOPS if xformers and USABLE else None
     torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as tmp:
         cfg = pretrain_config(method, root, Path(tmp) / "run", [
@@ -88,26 +102,31 @@ def pretrain_throughput(method: str, root: str, steps: int, workers: int, xforme
         reset_accelerate()
         stats = json.loads((Path(tmp) / "run" / "train_stats.json").read_text())
     attention_module.xops = XOPS
-    return {"method": method, "xformers": xformers and XOPS is not None, "workers": workers, "batch_size": batch,
-            "steps": stats["steps"], "img_per_s": round(stats["samples_seen"] / stats["train_seconds"], 1),
+    return {"method": method, "xformers": xformers and USABLE, "workers": workers, "batch_size": batch,
+            "steps": stats["steps"], "img_per_s": stats["train_samples_per_second"],
             "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2), "wall_seconds": round(wall, 1),
             "final_loss": metrics["final_loss"], "mixed_precision": stats.get("mixed_precision")}
+
+
+def loss_terms(loss: dict) -> str:
+    return ", ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in loss.items())
 
 
 def markdown(report: dict) -> str:
     m = report["machine"]
     lines = ["# GPU check and throughput", "", f"Command: `{report['command']}`", "",
-             f"Machine: {m['gpu']}, torch {m['torch']}, CUDA {m['cuda']}, xformers {m['xformers']}, "
+             f"Machine: {m['gpu']}, torch {m['torch']}, CUDA {m['cuda']}, xformers {m['xformers']} (its kernel runs: {m['xformers_kernel']}), "
              f"Python {m['python']}; written {report['written']}, {report['wall_minutes']:.1f} min.", "",
              "## Numerics of the CUDA path (medformer_small `encode()`, 48 mixed 2D/3D images, vs CPU fp32)", "",
              "| path | min cosine | max abs diff | max abs feature |", "|---|---|---|---|"]
     for name, r in report["numerics"].items():
         lines.append(f"| {name} | {r['cosine_min']:.5f} | {r['max_abs_diff']:.4f} | {r['ref_abs_max']:.3f} |")
-    lines += ["", f"## Pretraining throughput ({report['steps']} steps, first excluded; four datasets, 28 px)", "",
-              "| method | batch | workers | xformers | img/s | peak GiB | loss after | precision |", "|---|---|---|---|---|---|---|---|"]
+    lines += ["", f"## Pretraining throughput ({report['steps']} steps, first excluded, after one unreported warm-up run; "
+              "four datasets, 28 px)", "",
+              "| method | batch | workers | xformers | img/s | peak GiB | loss terms at the end | precision |", "|---|---|---|---|---|---|---|---|"]
     for r in report["pretrain"]:
         lines.append(f"| {r['method']} | {r['batch_size']} | {r['workers']} | {r['xformers']} | {r['img_per_s']} | "
-                     f"{r['peak_mem_gib']} | {r['final_loss']:.3f} | {r['mixed_precision']} |")
+                     f"{r['peak_mem_gib']} | {loss_terms(r['final_loss'])} | {r['mixed_precision']} |")
     if report.get("finetune"):
         f = report["finetune"]
         lines += ["", "## Fine-tuning (pneumoniamnist, 100% labels, from scratch)", "",
@@ -134,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
               "machine": {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "cuda": torch.version.cuda,
                           "xformers": xformers_version(), "python": platform.python_version()},
               "steps": args.steps, "datasets": DATASETS, "pretrain": []}
+    global USABLE
+    report["machine"]["xformers_kernel"] = xformers_usable()
+    USABLE = report["machine"]["xformers_kernel"] == "yes"
     report["numerics"] = numerics()
     print(json.dumps(report["numerics"], indent=1), flush=True)
     # every method at the first batch size; the first method also at the others, without xformers and
@@ -141,7 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     first, batch = args.methods[0], args.batch_sizes[0]
     runs = [(m, batch, args.workers, True) for m in args.methods]
     runs += [(first, b, args.workers, True) for b in args.batch_sizes[1:]]
-    runs += [(first, batch, args.workers, False), (first, batch, 0, True)]
+    runs += [(first, batch, args.workers, False)] if USABLE else []
+    runs += [(first, batch, 0, True)]
+    pretrain_throughput(first, args.root, 10, args.workers, True, batch)  # warm-up (CUDA context, kernels), not reported
     for method, batch, workers, xformers in runs:
         report["pretrain"].append(pretrain_throughput(method, args.root, args.steps, workers, xformers, batch))
         print(report["pretrain"][-1], flush=True)

@@ -120,3 +120,26 @@ def test_real_batches_train_forward_backward(shared_root):
         loss.backward()
         opt.step()
         assert np.isfinite(loss.item())
+
+
+def test_xformers_without_kernels_falls_back_to_sdpa_once(monkeypatch):
+    """An xformers wheel built for another torch imports but has no CUDA kernels: attention must
+    warn once, switch to SDPA for the rest of the process and give SDPA's result."""
+    import torch.nn.functional as F
+
+    import medformer.models.attention as attention_module
+
+    calls = []
+
+    class NoKernels:
+        @staticmethod
+        def memory_efficient_attention(q, k, v, p=0.0):
+            calls.append(q.shape)
+            raise NotImplementedError("No operator found for `memory_efficient_attention_forward`\nmore")
+
+    monkeypatch.setattr(attention_module, "xops", NoKernels)
+    q, k, v = (torch.randn(2, 4, 5, 8) for _ in range(3))
+    with pytest.warns(UserWarning, match="xformers cannot run this attention"):
+        assert attention_module.xformers_attention(q, k, v, 0.0) is None
+    assert attention_module.xops is None and len(calls) == 1
+    torch.testing.assert_close(attention_module.attention(q, k, v), F.scaled_dot_product_attention(q, k, v))

@@ -6,6 +6,8 @@ only for CUDA tensors when xformers imports (it has no CPU kernels).
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from timm.layers import DropPath, Mlp
@@ -20,11 +22,26 @@ except Exception:  # noqa: BLE001 - any import failure means "not available"
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
     """Scaled dot-product attention over [B, heads, N, head_dim] tensors."""
     if xops is not None and q.is_cuda:
-        out = xops.memory_efficient_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), p=dropout_p
-        )
-        return out.transpose(1, 2)
+        out = xformers_attention(q, k, v, dropout_p)
+        if out is not None:
+            return out
     return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+
+
+def xformers_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor | None:
+    """xformers' memory-efficient kernel, or None when it has no kernel for these inputs; then
+    xformers stays off for the rest of the process. A wheel built for another torch or CUDA imports
+    fine but has no CUDA kernels at all, and training must not die of that."""
+    global xops
+    try:
+        out = xops.memory_efficient_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), p=dropout_p)
+    except NotImplementedError as exc:
+        reason = str(exc).strip().splitlines()[0]
+        warnings.warn(f"xformers cannot run this attention ({reason}); using PyTorch SDPA from now on. "
+                      "Install an xformers build that matches your torch and CUDA to use it.", stacklevel=2)
+        xops = None
+        return None
+    return out.transpose(1, 2)
 
 
 class MultiHeadAttention(nn.Module):
