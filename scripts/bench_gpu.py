@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_ssl import DATASETS, REPO, finetune, pretrain_config, reset_accelerate  # noqa: E402
+from bench_ssl import DATASETS, REPO, finetune, pretrain_config, reset_accelerate, write_report  # noqa: E402
 
 import medformer.models.attention as attention_module  # noqa: E402
 from medformer.config import ModelConfig  # noqa: E402
@@ -174,12 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                                       args.finetune_steps, 0)
     report["wall_minutes"] = (time.perf_counter() - t0) / 60
     report["written"] = time.strftime("%Y-%m-%d %H:%M", time.localtime())
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.name}.json").write_text(json.dumps(report, indent=2, default=float))
-    (out / f"{args.name}.md").write_text(markdown(report))
-    print(markdown(report))
-    return 0
+    return write_report(report, Path(args.out), args.name, markdown)
 
 
 if __name__ == "__main__":

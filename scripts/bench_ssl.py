@@ -26,6 +26,7 @@ import shlex
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -367,11 +368,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def write_report(report: dict, out: Path, name: str) -> int:
+def write_report(report: dict, out: Path, name: str, render: Callable[[dict], str] = markdown) -> int:
+    """<out>/<name>.json and <name>.md (the report rendered by `render`), echoed to stdout."""
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(report, indent=2, default=float))
-    (out / f"{name}.md").write_text(markdown(report))
-    print(markdown(report))
+    (out / f"{name}.md").write_text(render(report))
+    print(render(report))
     return 0
 
 
