@@ -35,7 +35,6 @@ from medformer.models.factory import create_model  # noqa: E402
 from medformer.objectives.ssl import SSL_METHODS  # noqa: E402
 
 XOPS = attention_module.xops
-USABLE = False  # set in main()
 
 
 def xformers_version() -> str | None:
@@ -60,7 +59,7 @@ def xformers_usable() -> str:
         return "no: " + ("this build has no CUDA kernels (built for another torch/CUDA)" if "CUDA support" in msg else msg[:200])
 
 
-def numerics() -> dict:
+def numerics(xformers: bool) -> dict:
     """Feature agreement of the CUDA paths with CPU fp32 on one mixed 2D/3D batch."""
     torch.manual_seed(0)
     flags = ["pneumoniamnist", "retinamnist", "adrenalmnist3d"]
@@ -79,7 +78,7 @@ def numerics() -> dict:
         out = {}
         for name, autocast, xops in [("cuda_fp32_sdpa", False, None), ("cuda_bf16_sdpa", True, None),
                                      ("cuda_bf16_xformers", True, XOPS)]:
-            if name.endswith("xformers") and not USABLE:
+            if name.endswith("xformers") and not xformers:
                 continue
             attention_module.xops = xops
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
@@ -91,7 +90,7 @@ def numerics() -> dict:
 
 
 def pretrain_throughput(method: str, root: str, steps: int, workers: int, xformers: bool, batch: int) -> dict:
-    attention_module.xops = XOPS if xformers and USABLE else None
+    attention_module.xops = XOPS if xformers else None
     torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as tmp:
         cfg = pretrain_config(method, root, Path(tmp) / "run", [
@@ -102,7 +101,7 @@ def pretrain_throughput(method: str, root: str, steps: int, workers: int, xforme
         reset_accelerate()
         stats = json.loads((Path(tmp) / "run" / "train_stats.json").read_text())
     attention_module.xops = XOPS
-    return {"method": method, "xformers": xformers and USABLE, "workers": workers, "batch_size": batch,
+    return {"method": method, "xformers": xformers, "workers": workers, "batch_size": batch,
             "steps": stats["steps"], "img_per_s": stats["train_samples_per_second"],
             "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2), "wall_seconds": round(wall, 1),
             "final_loss": metrics["final_loss"], "mixed_precision": stats.get("mixed_precision")}
@@ -153,19 +152,18 @@ def main(argv: list[str] | None = None) -> int:
               "machine": {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "cuda": torch.version.cuda,
                           "xformers": xformers_version(), "python": platform.python_version()},
               "steps": args.steps, "datasets": DATASETS, "pretrain": []}
-    global USABLE
     report["machine"]["xformers_kernel"] = xformers_usable()
-    USABLE = report["machine"]["xformers_kernel"] == "yes"
-    report["numerics"] = numerics()
+    usable = report["machine"]["xformers_kernel"] == "yes"
+    report["numerics"] = numerics(usable)
     print(json.dumps(report["numerics"], indent=1), flush=True)
     # every method at the first batch size; the first method also at the others, without xformers and
     # with the main process loading
     first, batch = args.methods[0], args.batch_sizes[0]
-    runs = [(m, batch, args.workers, True) for m in args.methods]
-    runs += [(first, b, args.workers, True) for b in args.batch_sizes[1:]]
-    runs += [(first, batch, args.workers, False)] if USABLE else []
-    runs += [(first, batch, 0, True)]
-    pretrain_throughput(first, args.root, 10, args.workers, True, batch)  # warm-up (CUDA context, kernels), not reported
+    runs = [(m, batch, args.workers, usable) for m in args.methods]
+    runs += [(first, b, args.workers, usable) for b in args.batch_sizes[1:]]
+    runs += [(first, batch, args.workers, False)] if usable else []
+    runs += [(first, batch, 0, usable)]
+    pretrain_throughput(first, args.root, 10, args.workers, usable, batch)  # warm-up (CUDA context, kernels), not reported
     for method, batch, workers, xformers in runs:
         report["pretrain"].append(pretrain_throughput(method, args.root, args.steps, workers, xformers, batch))
         print(report["pretrain"][-1], flush=True)
