@@ -114,8 +114,9 @@ def _train_sizes(root: str) -> dict[str, int]:
     return {f: len(np.load(Path(root) / f"{f}.npz", mmap_mode="r")["train_labels"]) for f in DATASETS}
 
 
-def probe(init: str, root: str, max_train: int | None) -> dict:
-    res = run_probe(init, DATASETS, root=root, splits=("test",), max_train=max_train, batch_size=256)
+def probe(init: str, root: str, max_train: int | None, seed: int = 0) -> dict:
+    """Test metrics of both probes; `seed` draws the random-init encoder (init=scratch)."""
+    res = run_probe(init, DATASETS, root=root, splits=("test",), max_train=max_train, batch_size=256, seed=seed)
     return summarize_test(res, DATASETS)
 
 
@@ -154,8 +155,8 @@ def earlier_runs(reports: list[dict], args: argparse.Namespace) -> tuple[dict, d
     pretrain, probes, runs = {}, {}, {}
     for r in reports:
         same = {"minutes_per_method": args.minutes_per_method, "probe_max_train": args.probe_max_train,
-                "finetune_steps": args.finetune_steps}
-        bad = [k for k, v in same.items() if r[k] != v]
+                "finetune_steps": args.finetune_steps, "seed": args.seed}
+        bad = [k for k, v in same.items() if r.get(k, 0) != v]  # reports before --seed were seed 0
         if bad:
             raise SystemExit(f"--resume: {bad[0]} of that report is {r[bad[0]]}, this run uses {same[bad[0]]}; "
                              "resume only from a report made with the same settings")
@@ -262,7 +263,10 @@ def markdown(report: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes-per-method", type=float, default=30.0, help="pretraining time budget per method")
-    parser.add_argument("--methods", nargs="+", default=sorted(SSL_METHODS), choices=METHODS)
+    parser.add_argument("--methods", nargs="*", default=sorted(SSL_METHODS), choices=METHODS,
+                        help="none: only the baseline (random-init probe, scratch fine-tunes)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="pretraining seed, and the seed that draws the random-init baseline encoder")
     parser.add_argument("--name", default="ssl_benchmark", help="results file stem in --out")
     parser.add_argument("--finetune-datasets", nargs="+", default=["pneumoniamnist"], choices=DATASETS)
     parser.add_argument("--root", default=os.environ.get("MEDMNIST_ROOT", str(REPO.parent / "shared" / "data" / "medmnist")))
@@ -304,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         "datasets": DATASETS, "pretrain": {}, "probe": {}, "finetune": {}, "finetune_steps": args.finetune_steps,
         "finetune_datasets": args.finetune_datasets if args.finetune_steps else [],
         "fractions": [str(f) for f in args.fractions], "finetune_seeds": args.finetune_seeds,
-        "schedule_by": "time", "pretrain_overrides": args.set, "probe_C_grid": ", ".join(f"{c:g}" for c in C_GRID),
+        "schedule_by": "time", "seed": args.seed, "pretrain_overrides": args.set, "probe_C_grid": ", ".join(f"{c:g}" for c in C_GRID),
     }
     earlier = [json.loads(Path(f).read_text()) for f in args.resume]
     done_pretrain, done_probes, done_runs = earlier_runs(earlier, args)
@@ -331,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
             report["pretrain"][method] = done_pretrain[method]
             continue
         print(f"[bench] pretraining {method} for {args.minutes_per_method} min", flush=True)
-        extra = [*args.set, *([f"pseudolabel.labels={work / 'pseudolabels'}"] if method in PSEUDOLABEL_METHODS else [])]
+        extra = [*args.set, f"seed={args.seed}", *([f"pseudolabel.labels={work / 'pseudolabels'}"] if method in PSEUDOLABEL_METHODS else [])]
         report["pretrain"][method] = pretrain(method, args.root, work / method, args.minutes_per_method, extra)
         print(f"[bench] {method}: {report['pretrain'][method]}", flush=True)
         save_progress()
@@ -339,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     for init, path in [*baseline, *[(m, str(work / m)) for m in args.methods]]:
         if init not in done_probes:
             print(f"[bench] probing {init}", flush=True)
-        report["probe"][init] = done_probes.get(init) or probe(path, args.root, args.probe_max_train)
+        report["probe"][init] = done_probes.get(init) or probe(path, args.root, args.probe_max_train, args.seed)
         save_progress()
     if args.finetune_steps:
         baseline = [] if args.no_baseline else [("scratch", "scratch")]
@@ -382,8 +386,8 @@ def merge_reports(reports: list[dict]) -> dict:
     budget and settings; the one without --no-baseline holds the random/scratch baseline)."""
     merged = {**reports[0], "command": " ; ".join(r["command"] for r in reports) + " (side by side)",
               "wall_minutes": max(r["wall_minutes"] for r in reports)}
-    for key in ("minutes_per_method", "finetune_steps", "fractions", "probe_max_train", "finetune_seeds"):
-        if any(r.get(key) != merged.get(key) for r in reports):
+    for key in ("minutes_per_method", "finetune_steps", "fractions", "probe_max_train", "finetune_seeds", "seed"):
+        if any(r.get(key, 0) != merged.get(key, 0) for r in reports):  # only "seed" can be missing: seed 0
             raise ValueError(f"cannot merge runs with different {key}: {[r.get(key) for r in reports]}")
     order = ["pixels", "random", "scratch", *METHODS]  # baselines first, then the methods in METHODS order
     for key in ("pretrain", "probe", "finetune"):
