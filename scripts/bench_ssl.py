@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 from accelerate.state import AcceleratorState, GradientState
+from threadpoolctl import threadpool_limits
 
 from medformer.config import FinetuneConfig, load_config
 from medformer.engine.finetune import run_finetune
@@ -45,6 +46,13 @@ DATASETS = ["pneumoniamnist", "breastmnist", "retinamnist", "adrenalmnist3d"]
 PUBLISHED = REPO.parent / "shared" / "reference" / "published_baselines.csv"
 PSEUDOLABEL_METHODS = ("pseudolabel", "vicreg+pseudolabel")
 METHODS = [*sorted(SSL_METHODS), *PSEUDOLABEL_METHODS]
+
+
+def limit_threads(n: int) -> None:
+    """At most `n` threads for torch and for the BLAS/OpenMP pools of numpy and scikit-learn (the
+    probes), so two benchmarks side by side on two cores do not slow each other's timed pretraining."""
+    torch.set_num_threads(n)
+    threadpool_limits(n)
 
 
 def reset_accelerate() -> None:
@@ -285,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reuse-scratch", default=None, metavar="JSON",
                         help="reuse only the scratch fine-tunes of an earlier report (same --finetune-steps): they "
                              "depend on no pretraining")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch and BLAS threads (default: all cores); 1 for two runs side by side on two cores")
     parser.add_argument("--set", nargs="*", default=[], help="extra pretrain overrides, e.g. train.batch_size=64")
     parser.add_argument("--no-baseline", action="store_true",
                         help="skip the random-init probe and scratch fine-tuning (another run has them)")
@@ -295,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.merge:
         return write_report(merge_reports([json.loads(Path(f).read_text()) for f in args.merge]), Path(args.out), args.name)
     if args.threads:
-        torch.set_num_threads(args.threads)
+        limit_threads(args.threads)
     t_start = time.perf_counter()
     work = Path(args.work_dir)
     report: dict = {

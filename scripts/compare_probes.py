@@ -13,7 +13,6 @@ Writes <out>/<name>.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import sys
@@ -22,10 +21,13 @@ from pathlib import Path
 
 import torch
 
-from medformer.data.domains import dataset_info
-from medformer.eval.bootstrap import paired_bootstrap
-from medformer.eval.probe import run_probe, summarize_test
-from medformer.study.stats import bonferroni
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_ssl import limit_threads, write_report  # noqa: E402
+
+from medformer.data.domains import dataset_info  # noqa: E402
+from medformer.eval.bootstrap import paired_bootstrap  # noqa: E402
+from medformer.eval.probe import run_probe, summarize_test  # noqa: E402
+from medformer.study.stats import bonferroni  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("linear", "knn")
@@ -92,12 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets", nargs="+", default=["pneumoniamnist", "breastmnist", "retinamnist", "adrenalmnist3d"])
     parser.add_argument("--root", default=os.environ.get("MEDMNIST_ROOT", str(REPO.parent / "shared" / "data" / "medmnist")))
     parser.add_argument("--n-resamples", type=int, default=1000)
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch and BLAS threads (default: all cores)")
     parser.add_argument("--out", default=str(REPO / "docs" / "results"))
     parser.add_argument("--name", default="probe_significance")
     args = parser.parse_args(argv)
     if args.threads:
-        torch.set_num_threads(args.threads)
+        limit_threads(args.threads)
     t0 = time.perf_counter()
     report = compare(args.baseline, args.inits, args.datasets, args.root, args.n_resamples)
     report.update({
@@ -106,12 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{os.cpu_count()} CPUs ({torch.get_num_threads()} torch threads), torch {torch.__version__}",
         "written": time.strftime("%Y-%m-%d %H:%M"), "wall_minutes": (time.perf_counter() - t0) / 60,
     })
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.name}.json").write_text(json.dumps(report, indent=2, default=float))
-    (out / f"{args.name}.md").write_text(markdown(report))
-    print(markdown(report))
-    return 0
+    return write_report(report, Path(args.out), args.name, render=markdown)
 
 
 if __name__ == "__main__":

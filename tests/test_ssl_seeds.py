@@ -1,0 +1,66 @@
+"""scripts/ssl_seeds.py: bench_ssl reports of several pretraining seeds summarized against random init."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import ssl_seeds  # noqa: E402
+
+DATASETS = ssl_seeds.DATASETS
+
+
+def probe(auc: float) -> dict:
+    return {f: {k: {"auc": auc, "acc": 0.5} for k in ("linear", "knn")} for f in DATASETS}
+
+
+def report(seed: int | None, probes: dict[str, float], lr: float = 1e-3, ft: list[float] | None = None) -> dict:
+    r = {"minutes_per_method": 15.0, "probe_max_train": None, "finetune_steps": 150, "probe_C_grid": "1, 10",
+         "probe": {init: probe(a) for init, a in probes.items()},
+         "pretrain": {init: {"lr": lr} for init in probes if init != "random"}, "finetune": {}}
+    if ft:
+        r["finetune"] = {m: {"pneumoniamnist": {"0.1": {"runs": [{"auc": a} for a in ft]}}} for m in probes if m != "random"}
+    if seed is not None:
+        r["seed"] = seed
+    return r
+
+
+def write(tmp_path: Path, name: str, r: dict) -> str:
+    (tmp_path / name).write_text(json.dumps(r))
+    return str(tmp_path / name)
+
+
+def test_means_over_seeds_against_random_init(tmp_path: Path) -> None:
+    files = [
+        write(tmp_path, "s0.json", report(None, {"random": 0.70, "byol": 0.60})),  # before --seed: seed 0
+        write(tmp_path, "s0_lr.json", report(0, {"byol": 0.80}, ft=[0.90, 0.92])),  # replaces byol seed 0
+        write(tmp_path, "s1.json", report(1, {"random": 0.72, "byol": 0.84}, ft=[0.94])),
+        write(tmp_path, "s2.json", report(2, {"random": 0.74, "byol": 0.82})),
+    ]
+    assert ssl_seeds.main([*files, "--out", str(tmp_path), "--name", "out"]) == 0
+    out = json.loads((tmp_path / "out.json").read_text())
+    s = out["summary"]
+    assert s["seeds"] == {"random": [0, 1, 2], "byol": [0, 1, 2]}
+    assert s["auc"]["byol"]["breastmnist"]["linear"]["mean"] == pytest.approx(0.82)
+    assert s["versus_random"]["byol"]["breastmnist"]["linear"]["diff"] == pytest.approx(0.10)
+    assert s["versus_random"]["byol"]["breastmnist"]["linear"]["p_welch"] < 0.01
+    assert s["finetune_10pct"]["byol"]["values"] == [0.90, 0.92, 0.94]
+    assert out["replaced"] == ["byol seed 0: s0_lr.json replaces s0.json"]
+    assert "- byol (seeds [0, 1, 2]): yes" in (tmp_path / "out.md").read_text()
+
+
+def test_mixed_learning_rates_or_settings_are_refused(tmp_path: Path) -> None:
+    a = write(tmp_path, "a.json", report(0, {"random": 0.7, "byol": 0.8}, lr=5e-4))
+    b = write(tmp_path, "b.json", report(1, {"random": 0.7, "byol": 0.8}, lr=1e-3))
+    with pytest.raises(SystemExit, match="pass one learning rate per method"):
+        ssl_seeds.main([a, b, "--out", str(tmp_path)])
+    c = write(tmp_path, "c.json", {**report(1, {"byol": 0.8}), "minutes_per_method": 3.0})
+    with pytest.raises(SystemExit, match="minutes_per_method is 3.0"):
+        ssl_seeds.main([a, c, "--out", str(tmp_path)])
+    d = write(tmp_path, "d.json", report(1, {"byol": 0.8}))
+    with pytest.raises(SystemExit, match="random-init baseline"):
+        ssl_seeds.main([d, "--out", str(tmp_path)])
