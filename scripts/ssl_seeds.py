@@ -27,7 +27,7 @@ from scipy.stats import ttest_ind
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ssl import DATASETS, REPO, fmt, write_report  # noqa: E402
 
-SAME = ("minutes_per_method", "probe_max_train", "finetune_steps", "probe_C_grid")
+SAME = ("minutes_per_method", "probe_max_train", "probe_C_grid")
 KINDS = ("linear", "knn")
 
 
@@ -35,6 +35,10 @@ def collect(reports: list[tuple[str, dict]]) -> dict:
     """{"probe": {init: {seed: probe}}, "finetune": {init: {seed: [auc, ...]}}, "lr": {init: {seed: lr}},
     "source": {init: {seed: file}}, "replaced": [...], "scratch_full": [auc, ...]} from (file name, report) pairs."""
     first = reports[0][1]
+    steps = {x.get("finetune_steps") for _, x in reports if x.get("finetune_steps")}
+    if len(steps) > 1:
+        raise SystemExit(f"the reports fine-tuned for {sorted(steps)} steps; pass reports made with the same "
+                         "--finetune-steps (or 0, for probes only)")
     out: dict = {"probe": {}, "finetune": {}, "lr": {}, "source": {}, "replaced": [], "scratch_full": []}
     for name, r in reports:
         bad = [k for k in SAME if r.get(k) != first.get(k)]

@@ -39,7 +39,7 @@ def test_means_over_seeds_against_random_init(tmp_path: Path) -> None:
         write(tmp_path, "s0.json", report(None, {"random": 0.70, "byol": 0.60})),  # before --seed: seed 0
         write(tmp_path, "s0_lr.json", report(0, {"byol": 0.80}, ft=[0.90, 0.92])),  # replaces byol seed 0
         write(tmp_path, "s1.json", report(1, {"random": 0.72, "byol": 0.84}, ft=[0.94])),
-        write(tmp_path, "s2.json", report(2, {"random": 0.74, "byol": 0.82})),
+        write(tmp_path, "s2.json", {**report(2, {"random": 0.74, "byol": 0.82}), "finetune_steps": 0}),  # probes only
     ]
     assert ssl_seeds.main([*files, "--out", str(tmp_path), "--name", "out"]) == 0
     out = json.loads((tmp_path / "out.json").read_text())
@@ -61,6 +61,9 @@ def test_mixed_learning_rates_or_settings_are_refused(tmp_path: Path) -> None:
     c = write(tmp_path, "c.json", {**report(1, {"byol": 0.8}), "minutes_per_method": 3.0})
     with pytest.raises(SystemExit, match="minutes_per_method is 3.0"):
         ssl_seeds.main([a, c, "--out", str(tmp_path)])
+    e = write(tmp_path, "e.json", {**report(1, {"byol": 0.8}), "finetune_steps": 300})
+    with pytest.raises(SystemExit, match=r"fine-tuned for \[150, 300\] steps"):
+        ssl_seeds.main([a, e, "--out", str(tmp_path)])
     d = write(tmp_path, "d.json", report(1, {"byol": 0.8}))
     with pytest.raises(SystemExit, match="random-init baseline"):
         ssl_seeds.main([d, "--out", str(tmp_path)])
