@@ -86,7 +86,8 @@ def pretrain(method: str, root: str, out: Path, minutes: float, extra: list[str]
     per_step = seconds_per_step(method, root, extra)
     steps = max(10, int(minutes * 60 / per_step))
     cfg = pretrain_config(method, root, out, extra)
-    steps_per_epoch = sum(_train_sizes(root).values()) // cfg.train.batch_size
+    sizes = _train_sizes(root)
+    steps_per_epoch = sum(sizes[f] for f in cfg.data.datasets) // cfg.train.batch_size  # --set may narrow the pool
     epochs = math.ceil(steps / steps_per_epoch)
     cfg = pretrain_config(method, root, out, [
         *extra, f"train.max_steps={steps}", f"train.epochs={epochs}", f"train.max_minutes={minutes}",
