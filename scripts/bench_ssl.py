@@ -167,7 +167,7 @@ def earlier_runs(reports: list[dict], args: argparse.Namespace) -> tuple[dict, d
                 "finetune_steps": args.finetune_steps, "seed": args.seed}
         bad = [k for k, v in same.items() if r.get(k, 0) != v]  # reports before --seed were seed 0
         if bad:
-            raise SystemExit(f"--resume: {bad[0]} of that report is {r[bad[0]]}, this run uses {same[bad[0]]}; "
+            raise SystemExit(f"--resume: {bad[0]} of that report is {r.get(bad[0], 0)}, this run uses {same[bad[0]]}; "
                              "resume only from a report made with the same settings")
         pretrain.update(r["pretrain"])
         probes.update(r["probe"])
