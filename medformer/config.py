@@ -29,6 +29,7 @@ class DataConfig:
     num_workers: int = 0
     label_fraction: float = 1.0  # stratified subset of the training labels
     balance_datasets: bool = False  # draw each training dataset equally often (else each image equally often)
+    batch_by_dataset: bool = False  # each (global) batch from one training dataset, instead of mixed batches
     max_train_samples: int | None = None  # per dataset, for smoke runs
     dicom_cache: str | None = None  # pretrain only: an ingested DICOM cache (e.g. <pseudolabel output_dir>/dicom_cache)
 

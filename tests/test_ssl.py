@@ -226,7 +226,7 @@ def distributed_runs(tmp_path_factory):
             "train.batch_size=8", "train.epochs=50", "train.progress=false", "ssl.proj_hidden_dim=64",
             "ssl.proj_output_dim=32", "monitor.every=2", "monitor.knn_every=3", "monitor.knn_bank_size=32",
             "monitor.knn_max_queries=32", "ssl.max_minutes=0.01", "train.schedule_by=time",
-            "data.balance_datasets=true", f"output_dir={tmp / 'ddp_pretrain'}",
+            "data.balance_datasets=true", "data.batch_by_dataset=true", f"output_dir={tmp / 'ddp_pretrain'}",
         ]
     single = subprocess.Popen([sys.executable, script, str(tmp / "one.pt"), "--dtype", "float64"],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -263,8 +263,8 @@ def test_two_processes_equal_one_process_for_every_method(distributed_runs):
 
 
 def test_two_process_pretrain_run_stops_together_on_the_time_budget(distributed_runs):
-    """`pretrain` in 2 gloo processes: DDP, synced BatchNorm, rank-0 kNN, dataset-balanced sampling,
-    and a stop step and time-driven schedule decided by rank 0's clock."""
+    """`pretrain` in 2 gloo processes: DDP, synced BatchNorm, rank-0 kNN, dataset-balanced sampling in
+    batches of one dataset each, and a stop step and time-driven schedule decided by rank 0's clock."""
     tmp, ran = distributed_runs
     if not ran:
         pytest.skip("real MedMNIST files not found beside the repo")

@@ -12,6 +12,7 @@ from ..config import AugmentConfig, DataConfig
 from .batch import collate
 from .domains import dataset_info
 from .medmnist import DataError, MedMNISTDataset, stratified_fraction
+from .samplers import DatasetBatchSampler
 
 
 class SeededTransform(Dataset):
@@ -96,15 +97,22 @@ def dicom_parts(cache_dir: str) -> list[Dataset]:
 
 
 def train_loader(
-    dataset: Dataset, batch_size: int, num_workers: int = 0, seed: int = 0, sampler: Sampler | None = None
+    dataset: Dataset, batch_size: int, num_workers: int = 0, seed: int = 0, sampler: Sampler | None = None,
+    by_dataset: ConcatDataset | None = None, num_processes: int = 1,
 ) -> DataLoader:
-    """Shuffled (seeded) unless a sampler is given; incomplete last batches dropped."""
+    """Shuffled (seeded) unless a sampler is given; incomplete last batches dropped.
+
+    With `by_dataset` (the concatenated training datasets that `dataset` indexes), every global
+    batch over `num_processes` holds one dataset (DatasetBatchSampler, drawing from `sampler`).
+    """
+    common = dict(collate_fn=collate, num_workers=num_workers, persistent_workers=False,
+                  pin_memory=torch.cuda.is_available())
+    if by_dataset is not None:
+        batches = DatasetBatchSampler(by_dataset, batch_size, num_processes, seed, sampler)
+        return DataLoader(dataset, batch_sampler=batches, **common)
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler, drop_last=True, collate_fn=collate,
-        num_workers=num_workers, generator=generator, persistent_workers=False,
-        pin_memory=torch.cuda.is_available(),
-    )
+    return DataLoader(dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler, drop_last=True,
+                      generator=generator, **common)
 
 
 def eval_loaders(

@@ -71,7 +71,8 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     train_ds = train_dataset(cfg.data, augment_factory(cfg.augment), cfg.seed)
     fit_batch_size(cfg, len(train_ds), accelerator.num_processes)
     sampler = DatasetBalancedSampler(train_ds, cfg.seed) if cfg.data.balance_datasets else None
-    loader = train_loader(train_ds, cfg.train.batch_size, cfg.data.num_workers, cfg.seed, sampler)
+    loader = train_loader(train_ds, cfg.train.batch_size, cfg.data.num_workers, cfg.seed, sampler,
+                          train_ds if cfg.data.batch_by_dataset else None, accelerator.num_processes)
     model = create_model(cfg.model, infos, cfg.data.size, pretrained=cfg.init == "imagenet")
     init_report = init_model(model, cfg.init)
     param_counts = apply_finetune_mode(model, cfg.finetune_mode)

@@ -264,7 +264,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     data = dataclasses.replace(cfg.data, label_fraction=1.0)
     accelerator = make_accelerator(cfg.train, out)
     set_seed(cfg.seed)
-    dataset = train_dataset(data, lambda dim: MultiViewTransform(cfg.views, dim), cfg.seed)
+    dataset = parts = train_dataset(data, lambda dim: MultiViewTransform(cfg.views, dim), cfg.seed)
     bases = [part.base for part in dataset.datasets]
     n_samples = {base.info.flag: len(base) for base in bases}
     model = create_model(cfg.model, [base.info for base in bases], data.size)
@@ -276,7 +276,8 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
         dataset, objective, class_sampler, reclustering = with_pseudolabels(cfg, dataset, label_table, model,
                                                                             objective, accelerator)
         sampler = sampler or class_sampler  # check_objectives allows at most one
-    loader = train_loader(dataset, cfg.train.batch_size, data.num_workers, cfg.seed, sampler)
+    loader = train_loader(dataset, cfg.train.batch_size, data.num_workers, cfg.seed, sampler,
+                          parts if data.batch_by_dataset else None, accelerator.num_processes)
     knn = None
     if cfg.monitor.knn_every and accelerator.is_main_process:
         knn = KnnProbe(data, cfg.monitor, cfg.train.batch_size)
