@@ -102,7 +102,7 @@ def pretrain(method: str, root: str, out: Path, minutes: float, extra: list[str]
         "train_seconds": card["train_seconds"], "wall_seconds": round(time.perf_counter() - t0, 1),
         "img_per_s": card["samples_per_second"], "stopped_by_time_budget": card["stopped_by_time_budget"],
         "final_loss": metrics["final_loss"], "embedding": metrics["embedding"],
-        "lr": cfg.train.lr, "batch_size": cfg.train.batch_size,
+        "lr": cfg.train.lr, "batch_size": cfg.train.batch_size, "batch_by_dataset": cfg.data.batch_by_dataset,
     }
 
 
