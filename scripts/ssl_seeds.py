@@ -6,7 +6,8 @@ dataset, against the random-init encoder drawn with the same seeds.
 
 Each report holds one pretraining seed (`bench_ssl.py --seed`, seed 0 before that flag existed); a
 later report's (method, seed) replaces an earlier one's, which the output names. Every report must
-share the budget and probe settings, and every seed of a method its learning rate. The comparison
+share the budget and probe settings, and every seed of a method its learning rate. A method pretrained
+in batches of one dataset each (data.batch_by_dataset) gets its own row, `<method>/by-dataset`. The comparison
 with random init is the difference of the means, with Welch's one-sided t-test (method > random) over
 the seeds: it covers pretraining-seed and init noise, not only test-set noise.
 Writes <out>/<name>.{json,md}.
@@ -31,6 +32,12 @@ SAME = ("minutes_per_method", "probe_max_train", "probe_C_grid")
 KINDS = ("linear", "knn")
 
 
+def row_name(method: str, report: dict) -> str:
+    """A method's row; pretrained in batches of one dataset each (data.batch_by_dataset) it is `<method>/by-dataset`,
+    beside the mixed-batch row."""
+    return f"{method}/by-dataset" if report["pretrain"].get(method, {}).get("batch_by_dataset") else method
+
+
 def collect(reports: list[tuple[str, dict]]) -> dict:
     """{"probe": {init: {seed: probe}}, "finetune": {init: {seed: [auc, ...]}}, "lr": {init: {seed: lr}},
     "source": {init: {seed: file}}, "replaced": [...], "scratch_full": [auc, ...]} from (file name, report) pairs."""
@@ -48,16 +55,17 @@ def collect(reports: list[tuple[str, dict]]) -> dict:
         seed = r.get("seed", 0)
         scratch = r["finetune"].get("scratch", {}).get("pneumoniamnist", {}).get("1.0", {}).get("runs", [])
         out["scratch_full"] = [run["auc"] for run in scratch] or out["scratch_full"]
-        for init, probe in r["probe"].items():
-            if init == "pixels":
+        for method, probe in r["probe"].items():
+            if method == "pixels":
                 continue
+            init = row_name(method, r)
             earlier = out["source"].setdefault(init, {}).get(seed)
             if earlier:
                 out["replaced"].append(f"{init} seed {seed}: {name} replaces {earlier}")
             out["source"][init][seed] = name
             out["probe"].setdefault(init, {})[seed] = probe
-            out["lr"].setdefault(init, {})[seed] = r["pretrain"].get(init, {}).get("lr")
-            runs = r["finetune"].get(init, {}).get("pneumoniamnist", {}).get("0.1", {}).get("runs")
+            out["lr"].setdefault(init, {})[seed] = r["pretrain"].get(method, {}).get("lr")
+            runs = r["finetune"].get(method, {}).get("pneumoniamnist", {}).get("0.1", {}).get("runs")
             if runs:
                 out["finetune"].setdefault(init, {})[seed] = [run["auc"] for run in runs]
     for init, lrs in out["lr"].items():

@@ -18,10 +18,12 @@ def probe(auc: float) -> dict:
     return {f: {k: {"auc": auc, "acc": 0.5} for k in ("linear", "knn")} for f in DATASETS}
 
 
-def report(seed: int | None, probes: dict[str, float], lr: float = 1e-3, ft: list[float] | None = None) -> dict:
+def report(seed: int | None, probes: dict[str, float], lr: float = 1e-3, ft: list[float] | None = None,
+           by_dataset: bool = False) -> dict:
     r = {"minutes_per_method": 15.0, "probe_max_train": None, "finetune_steps": 150, "probe_C_grid": "1, 10",
          "probe": {init: probe(a) for init, a in probes.items()},
-         "pretrain": {init: {"lr": lr} for init in probes if init != "random"}, "finetune": {}}
+         "pretrain": {init: {"lr": lr, "batch_by_dataset": by_dataset} for init in probes if init != "random"},
+         "finetune": {}}
     if ft:
         r["finetune"] = {m: {"pneumoniamnist": {"0.1": {"runs": [{"auc": a} for a in ft]}}} for m in probes if m != "random"}
     if seed is not None:
@@ -67,3 +69,15 @@ def test_mixed_learning_rates_or_settings_are_refused(tmp_path: Path) -> None:
     d = write(tmp_path, "d.json", report(1, {"byol": 0.8}))
     with pytest.raises(SystemExit, match="random-init baseline"):
         ssl_seeds.main([d, "--out", str(tmp_path)])
+
+
+def test_batches_by_dataset_get_their_own_row(tmp_path: Path) -> None:
+    files = [write(tmp_path, f"s{seed}.json", report(seed, {"random": 0.70, "byol": 0.72 + seed / 100})) for seed in (0, 1)]
+    files += [write(tmp_path, f"bd{seed}.json", report(seed, {"byol": 0.80 + seed / 100}, ft=[0.9], by_dataset=True))
+              for seed in (0, 1)]
+    assert ssl_seeds.main([*files, "--out", str(tmp_path), "--name", "out"]) == 0
+    s = json.loads((tmp_path / "out.json").read_text())["summary"]
+    assert s["seeds"] == {"random": [0, 1], "byol": [0, 1], "byol/by-dataset": [0, 1]}
+    assert s["auc"]["byol"]["pneumoniamnist"]["linear"]["mean"] == pytest.approx(0.725)
+    assert s["auc"]["byol/by-dataset"]["pneumoniamnist"]["linear"]["mean"] == pytest.approx(0.805)
+    assert s["finetune_10pct"]["byol/by-dataset"]["values"] == [0.9, 0.9]
