@@ -21,6 +21,7 @@ from medformer.data.batch import make_inputs
 from medformer.data.domains import BINARY, MULTI_CLASS, MULTI_LABEL, dataset_info
 from medformer.data.loaders import train_dataset, train_loader
 from medformer.data.transforms import MultiViewTransform, ViewConfig
+from medformer.engine.pretrain import check_predictor_lr, predictor_lr_scale
 from medformer.engine.trainer import build_optimizer
 from medformer.eval.bootstrap import paired_bootstrap
 from medformer.eval.metrics import medmnist_metrics
@@ -40,7 +41,7 @@ from medformer.objectives.ssl import (
     MomentumObjective,
     build_ssl_objective,
 )
-from medformer.objectives.ssl_config import SSLConfig
+from medformer.objectives.ssl_config import PretrainConfig, SSLConfig
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = sorted(SSL_METHODS)
@@ -150,6 +151,21 @@ def test_unknown_method_and_single_view_batches_are_refused():
         tiny_objective("simsiam")
     with pytest.raises(ValueError, match="2 views"):
         tiny_objective("simclr")({"inputs": None})
+
+
+def test_predictor_lr_scale_sets_the_predictors_lr_and_is_refused_without_a_predictor():
+    objective = tiny_objective("byol")
+    optimizer, _ = build_optimizer(objective, TrainConfig(lr=1e-3), 10, 0, predictor_lr_scale(10.0))
+    lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    for name, p in objective.named_parameters():
+        if p.requires_grad:
+            assert lr_of[id(p)] == pytest.approx(1e-2 if name.startswith("predictor.") else 1e-3), name
+    cfg = PretrainConfig(ssl=SSLConfig(method="simclr", predictor_lr_scale=10.0))
+    with pytest.raises(ValueError, match="needs a method with a predictor"):
+        check_predictor_lr(cfg, tiny_objective("simclr"))
+    cfg.ssl.predictor_lr_scale = 0.0
+    with pytest.raises(ValueError, match="must be > 0"):
+        check_predictor_lr(cfg, objective)
 
 
 def test_head_widths_follow_the_model_size():

@@ -12,6 +12,7 @@ import json
 import logging
 import platform
 from collections import deque
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -214,6 +215,20 @@ def check_objectives(cfg: PretrainConfig) -> None:
         raise ValueError(f"pseudolabel.recluster_every must be >= 0, got {cfg.pseudolabel.recluster_every}")
 
 
+def check_predictor_lr(cfg: PretrainConfig, objective: SSLObjective | None) -> None:
+    scale = cfg.ssl.predictor_lr_scale
+    if scale <= 0:
+        raise ValueError(f"ssl.predictor_lr_scale must be > 0, got {scale}")
+    if scale != 1.0 and not hasattr(objective, "predictor"):
+        raise ValueError(f"ssl.predictor_lr_scale={scale} needs a method with a predictor (byol, mocov3), "
+                         f"not ssl.method={cfg.ssl.method}")
+
+
+def predictor_lr_scale(scale: float) -> Callable[[str], float]:
+    """The Trainer's per-parameter LR factor: `scale` for the SSL predictor, 1 elsewhere."""
+    return lambda name: scale if "predictor" in name.split(".") else 1.0
+
+
 def train_config(cfg: PretrainConfig) -> TrainConfig:
     """cfg.train with `ssl.max_minutes` (the older name of the budget) folded into train.max_minutes."""
     budgets = [m for m in (cfg.train.max_minutes, cfg.ssl.max_minutes) if m is not None]
@@ -270,6 +285,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     model = create_model(cfg.model, [base.info for base in bases], data.size)
     add_domains(model, sorted({d for base in bases for d in getattr(base, "domains", [])}))
     objective = build_ssl_objective(cfg.ssl.method, model, cfg.ssl) if cfg.ssl.method != "none" else None
+    check_predictor_lr(cfg, objective)
     sampler = DatasetBalancedSampler(dataset, cfg.seed) if data.balance_datasets else None
     reclustering = None
     if label_table is not None:
@@ -295,6 +311,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     trainer = Trainer(
         train, objective, loader, out, accelerator, loss_weights=cfg.loss_weights, export=export,
         run_config=to_dict(cfg), step_callback=monitor, epoch_start=reclustering,
+        lr_scale=predictor_lr_scale(cfg.ssl.predictor_lr_scale),
     )
     if cfg.resume:
         trainer.resume(cfg.resume)

@@ -22,6 +22,7 @@ class SSLConfig:
     queue_size: int | None = None  # mocov2 negatives (4096 small, 65536 large)
     momentum: float | None = None  # momentum-encoder EMA at step 0 (mocov2, mocov3, byol)
     momentum_end: float | None = None  # cosine-scheduled to this value (None: 1.0; mocov2: constant)
+    predictor_lr_scale: float = 1.0  # byol, mocov3: the predictor's LR as a multiple of train.lr
     barlow_lambda: float = 5e-3
     vicreg_lambda: float = 25.0  # invariance
     vicreg_mu: float = 25.0  # variance
