@@ -6,7 +6,7 @@ dataset, against the random-init encoder drawn with the same seeds.
 
 Each report holds one pretraining seed (`bench_ssl.py --seed`, seed 0 before that flag existed); a
 later report's (method, seed) replaces an earlier one's, which the output names. Every report must
-share the budget and probe settings, and every seed of a method its learning rate. A method pretrained
+share the budget and probe settings, and every seed of a method its learning rate and predictor LR factor. A method pretrained
 in batches of one dataset each (data.batch_by_dataset) gets its own row, `<method>/by-dataset`. The comparison
 with random init is the difference of the means, with Welch's one-sided t-test (method > random) over
 the seeds: it covers pretraining-seed and init noise, not only test-set noise.
@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ssl import DATASETS, REPO, fmt, write_report  # noqa: E402
 
 SAME = ("minutes_per_method", "probe_max_train", "probe_C_grid")
+RECIPE = ("lr", "predictor_lr_scale")
 KINDS = ("linear", "knn")
 
 
@@ -38,15 +39,24 @@ def row_name(method: str, report: dict) -> str:
     return f"{method}/by-dataset" if report["pretrain"].get(method, {}).get("batch_by_dataset") else method
 
 
+def recipe(method: str, report: dict) -> dict:
+    """The settings every seed of a row must share. Reports made before bench_ssl recorded the predictor
+    LR factor name it in their overrides, if they changed it."""
+    overrides = dict(o.split("=", 1) for o in report.get("pretrain_overrides", []) if "=" in o)
+    pretrain = report["pretrain"].get(method, {})
+    return {"lr": pretrain.get("lr"),
+            "predictor_lr_scale": float(pretrain.get("predictor_lr_scale", overrides.get("ssl.predictor_lr_scale", 1.0)))}
+
+
 def collect(reports: list[tuple[str, dict]]) -> dict:
-    """{"probe": {init: {seed: probe}}, "finetune": {init: {seed: [auc, ...]}}, "lr": {init: {seed: lr}},
+    """{"probe": {init: {seed: probe}}, "finetune": {init: {seed: [auc, ...]}}, "recipe": {init: {seed: recipe}},
     "source": {init: {seed: file}}, "replaced": [...], "scratch_full": [auc, ...]} from (file name, report) pairs."""
     first = reports[0][1]
     steps = {x.get("finetune_steps") for _, x in reports if x.get("finetune_steps")}
     if len(steps) > 1:
         raise SystemExit(f"the reports fine-tuned for {sorted(steps)} steps; pass reports made with the same "
                          "--finetune-steps (or 0, for probes only)")
-    out: dict = {"probe": {}, "finetune": {}, "lr": {}, "source": {}, "replaced": [], "scratch_full": []}
+    out: dict = {"probe": {}, "finetune": {}, "recipe": {}, "source": {}, "replaced": [], "scratch_full": []}
     for name, r in reports:
         bad = [k for k in SAME if r.get(k) != first.get(k)]
         if bad:
@@ -64,13 +74,15 @@ def collect(reports: list[tuple[str, dict]]) -> dict:
                 out["replaced"].append(f"{init} seed {seed}: {name} replaces {earlier}")
             out["source"][init][seed] = name
             out["probe"].setdefault(init, {})[seed] = probe
-            out["lr"].setdefault(init, {})[seed] = r["pretrain"].get(method, {}).get("lr")
+            out["recipe"].setdefault(init, {})[seed] = recipe(method, r)
             runs = r["finetune"].get(method, {}).get("pneumoniamnist", {}).get("0.1", {}).get("runs")
             if runs:
                 out["finetune"].setdefault(init, {})[seed] = [run["auc"] for run in runs]
-    for init, lrs in out["lr"].items():
-        if len(set(lrs.values())) > 1:
-            raise SystemExit(f"{init} pretrained at learning rates {lrs} (by seed); pass one learning rate per method")
+    for init, recipes in out["recipe"].items():
+        for key in RECIPE:
+            values = {seed: rec[key] for seed, rec in recipes.items()}
+            if len(set(values.values())) > 1:
+                raise SystemExit(f"{init} pretrained with {key} {values} (by seed); pass one {key} per method")
     if "random" not in out["probe"]:
         raise SystemExit("no report holds the random-init baseline; add one made without --no-baseline")
     return out

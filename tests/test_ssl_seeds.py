@@ -58,8 +58,12 @@ def test_means_over_seeds_against_random_init(tmp_path: Path) -> None:
 def test_mixed_learning_rates_or_settings_are_refused(tmp_path: Path) -> None:
     a = write(tmp_path, "a.json", report(0, {"random": 0.7, "byol": 0.8}, lr=5e-4))
     b = write(tmp_path, "b.json", report(1, {"random": 0.7, "byol": 0.8}, lr=1e-3))
-    with pytest.raises(SystemExit, match="pass one learning rate per method"):
+    with pytest.raises(SystemExit, match=r"byol pretrained with lr \{0: 0.0005, 1: 0.001\}"):
         ssl_seeds.main([a, b, "--out", str(tmp_path)])
+    f = write(tmp_path, "f.json", {**report(1, {"random": 0.7, "byol": 0.8}, lr=5e-4),
+                                   "pretrain_overrides": ["ssl.predictor_lr_scale=10"]})  # before it was recorded
+    with pytest.raises(SystemExit, match="pass one predictor_lr_scale per method"):
+        ssl_seeds.main([a, f, "--out", str(tmp_path)])
     c = write(tmp_path, "c.json", {**report(1, {"byol": 0.8}), "minutes_per_method": 3.0})
     with pytest.raises(SystemExit, match="minutes_per_method is 3.0"):
         ssl_seeds.main([a, c, "--out", str(tmp_path)])
