@@ -48,9 +48,10 @@ def recipe(method: str, report: dict) -> dict:
             "predictor_lr_scale": float(pretrain.get("predictor_lr_scale", overrides.get("ssl.predictor_lr_scale", 1.0)))}
 
 
-def collect(reports: list[tuple[str, dict]]) -> dict:
+def collect(reports: list[tuple[str, dict]], rows: list[str] | None = None) -> dict:
     """{"probe": {init: {seed: probe}}, "finetune": {init: {seed: [auc, ...]}}, "recipe": {init: {seed: recipe}},
-    "source": {init: {seed: file}}, "replaced": [...], "scratch_full": [auc, ...]} from (file name, report) pairs."""
+    "source": {init: {seed: file}}, "replaced": [...], "scratch_full": [auc, ...]} from (file name, report) pairs;
+    only the `rows` given (and random init), if any."""
     first = reports[0][1]
     steps = {x.get("finetune_steps") for _, x in reports if x.get("finetune_steps")}
     if len(steps) > 1:
@@ -69,6 +70,8 @@ def collect(reports: list[tuple[str, dict]]) -> dict:
             if method == "pixels":
                 continue
             init = row_name(method, r)
+            if rows and init not in rows and init != "random":
+                continue
             earlier = out["source"].setdefault(init, {}).get(seed)
             if earlier:
                 out["replaced"].append(f"{init} seed {seed}: {name} replaces {earlier}")
@@ -159,9 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("reports", nargs="+", help="bench_ssl.py JSON reports, one pretraining seed each")
     parser.add_argument("--name", default="ssl_seeds", help="results file stem in --out")
     parser.add_argument("--out", default=str(REPO / "docs" / "results"))
+    parser.add_argument("--rows", nargs="+", default=None, metavar="ROW",
+                        help="only these methods' rows (e.g. byol byol/by-dataset), beside random init")
     args = parser.parse_args(argv)
     reports = [(Path(f).name, json.loads(Path(f).read_text())) for f in args.reports]
-    data = collect(reports)
+    data = collect(reports, args.rows)
     report = {"command": " ".join(["python", "scripts/ssl_seeds.py", *map(shlex.quote, sys.argv[1:] if argv is None else argv)]),
               "written": time.strftime("%Y-%m-%d %H:%M", time.localtime()), "replaced": data["replaced"],
               "minutes_per_method": reports[0][1]["minutes_per_method"], "sources": data["source"], "summary": summarize(data)}

@@ -75,7 +75,7 @@ def test_mixed_learning_rates_or_settings_are_refused(tmp_path: Path) -> None:
         ssl_seeds.main([d, "--out", str(tmp_path)])
 
 
-def test_batches_by_dataset_get_their_own_row(tmp_path: Path) -> None:
+def test_batches_by_dataset_get_their_own_row_which_can_be_shown_alone(tmp_path: Path) -> None:
     files = [write(tmp_path, f"s{seed}.json", report(seed, {"random": 0.70, "byol": 0.72 + seed / 100})) for seed in (0, 1)]
     files += [write(tmp_path, f"bd{seed}.json", report(seed, {"byol": 0.80 + seed / 100}, ft=[0.9], by_dataset=True))
               for seed in (0, 1)]
@@ -85,3 +85,5 @@ def test_batches_by_dataset_get_their_own_row(tmp_path: Path) -> None:
     assert s["auc"]["byol"]["pneumoniamnist"]["linear"]["mean"] == pytest.approx(0.725)
     assert s["auc"]["byol/by-dataset"]["pneumoniamnist"]["linear"]["mean"] == pytest.approx(0.805)
     assert s["finetune_10pct"]["byol/by-dataset"]["values"] == [0.9, 0.9]
+    assert ssl_seeds.main([*files, "--out", str(tmp_path), "--name", "only", "--rows", "byol/by-dataset"]) == 0
+    assert json.loads((tmp_path / "only.json").read_text())["summary"]["seeds"] == {"random": [0, 1], "byol/by-dataset": [0, 1]}
