@@ -8,8 +8,9 @@ Each report holds one pretraining seed (`bench_ssl.py --seed`, seed 0 before tha
 later report's (method, seed) replaces an earlier one's, which the output names. Every report must
 share the budget and probe settings, and every seed of a method its learning rate and predictor LR
 factor. A method pretrained in batches of one dataset each (data.batch_by_dataset) gets its own row,
-`<method>/by-dataset`; --rows keeps only the rows named. The comparison with random init is the difference of the means, with Welch's one-sided t-test (method > random) over
-the seeds: it covers pretraining-seed and init noise, not only test-set noise.
+`<method>/by-dataset`; --rows keeps only the rows named. The comparison with random init is the
+difference of the means, with Welch's one-sided t-test (method > random) over the seeds: it covers
+pretraining-seed and init noise, not only test-set noise.
 Writes <out>/<name>.{json,md}.
 """
 

@@ -27,12 +27,15 @@ class EpochWeightedSampler(Sampler[int]):
     def weights(self) -> torch.Tensor:
         raise NotImplementedError
 
+    def generator(self, salt: int = 0) -> torch.Generator:
+        """This epoch's generator (another stream per `salt`)."""
+        return torch.Generator().manual_seed(self.seed * 100_003 + self.epoch + salt)
+
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        yield from torch.multinomial(self.weights(), len(self), replacement=True, generator=generator).tolist()
+        yield from torch.multinomial(self.weights(), len(self), replacement=True, generator=self.generator()).tolist()
 
 
 class DatasetBalancedSampler(EpochWeightedSampler):
@@ -50,8 +53,7 @@ class EpochShuffleSampler(EpochWeightedSampler):
     """A seeded permutation of the dataset per epoch (each image once)."""
 
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        yield from torch.randperm(len(self), generator=generator).tolist()
+        yield from torch.randperm(len(self), generator=self.generator()).tolist()
 
 
 class DatasetBatchSampler(Sampler[list[int]]):
@@ -77,7 +79,6 @@ class DatasetBatchSampler(Sampler[list[int]]):
         self.batch_size = batch_size
         self.num_processes = num_processes
         self.sampler = sampler or EpochShuffleSampler(parts, seed)
-        self.seed = seed
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
@@ -100,8 +101,7 @@ class DatasetBatchSampler(Sampler[list[int]]):
             padded = order * -(-size // len(order)) if len(order) < size else order
             padded = padded + padded[: -len(padded) % size]
             batches += [padded[k:k + size] for k in range(0, len(padded), size)]
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.sampler.epoch + 7)
-        keep = torch.randperm(len(batches), generator=generator)[: len(self.sampler) // size]
+        keep = torch.randperm(len(batches), generator=self.sampler.generator(salt=7))[: len(self.sampler) // size]
         return [batches[j] for j in keep.tolist()]
 
     def __iter__(self) -> Iterator[list[int]]:
