@@ -32,6 +32,7 @@ from bench_ssl import DATASETS, REPO, fmt, write_report  # noqa: E402
 SAME = ("minutes_per_method", "probe_max_train", "probe_C_grid")
 RECIPE = ("lr", "predictor_lr_scale")
 KINDS = ("linear", "knn")
+STEP_SPREAD = 0.2
 
 
 def row_name(method: str, report: dict) -> str:
@@ -51,14 +52,14 @@ def recipe(method: str, report: dict) -> dict:
 
 def collect(reports: list[tuple[str, dict]], rows: list[str] | None = None) -> dict:
     """{"probe": {init: {seed: probe}}, "finetune": {init: {seed: [auc, ...]}}, "recipe": {init: {seed: recipe}},
-    "source": {init: {seed: file}}, "replaced": [...], "scratch_full": [auc, ...]} from (file name, report) pairs;
+    "steps": {init: {seed: pretraining steps}}, "source": {init: {seed: file}}, "replaced": [...], "scratch_full": [auc, ...]} from (file name, report) pairs;
     only the `rows` given (and random init), if any."""
     first = reports[0][1]
     steps = {x.get("finetune_steps") for _, x in reports if x.get("finetune_steps")}
     if len(steps) > 1:
         raise SystemExit(f"the reports fine-tuned for {sorted(steps)} steps; pass reports made with the same "
                          "--finetune-steps (or 0, for probes only)")
-    out: dict = {"probe": {}, "finetune": {}, "recipe": {}, "source": {}, "replaced": [], "scratch_full": []}
+    out: dict = {"probe": {}, "finetune": {}, "recipe": {}, "steps": {}, "source": {}, "replaced": [], "scratch_full": []}
     for name, r in reports:
         bad = [k for k in SAME if r.get(k) != first.get(k)]
         if bad:
@@ -79,6 +80,8 @@ def collect(reports: list[tuple[str, dict]], rows: list[str] | None = None) -> d
             out["source"][init][seed] = name
             out["probe"].setdefault(init, {})[seed] = probe
             out["recipe"].setdefault(init, {})[seed] = recipe(method, r)
+            if method in r["pretrain"]:
+                out["steps"].setdefault(init, {})[seed] = r["pretrain"][method].get("steps")
             runs = r["finetune"].get(method, {}).get("pneumoniamnist", {}).get("0.1", {}).get("runs")
             if runs:
                 out["finetune"].setdefault(init, {})[seed] = [run["auc"] for run in runs]
@@ -116,11 +119,29 @@ def summarize(data: dict) -> dict:
                 for init, seeds in data["finetune"].items()}
     scratch = mean_std(data["scratch_full"]) if data["scratch_full"] else None
     return {"auc": auc, "versus_random": versus, "finetune_10pct": finetune, "scratch_100pct": scratch,
-            "seeds": {init: sorted(seeds) for init, seeds in data["probe"].items()}}
+            "seeds": {init: sorted(seeds) for init, seeds in data["probe"].items()},
+            "steps": {init: dict(sorted(steps.items())) for init, steps in data["steps"].items()}}
 
 
 def cell(s: dict) -> str:
     return f"{fmt(s['mean'])} ± {fmt(s['std'])} ({s['n']})" if s["n"] > 1 else f"{fmt(s['mean'])} (1)"
+
+
+def steps_section(steps: dict[str, dict[int, int | None]]) -> list[str]:
+    """Pretraining steps per seed: a time budget buys less work on a slower machine, so seeds run in
+    different sessions may not be comparable; rows whose step counts differ by more than
+    STEP_SPREAD are named."""
+    if not steps:
+        return []
+    lines = ["", "## Pretraining steps by seed (the same time budget)", "", "| method | steps by seed |", "|---|---|"]
+    lines += [f"| {m} | " + ", ".join(f"{seed}: {n if n is not None else 'n/a'}" for seed, n in by_seed.items()) + " |"
+              for m, by_seed in steps.items()]
+    uneven = [m for m, by_seed in steps.items() if (n := [x for x in by_seed.values() if x])
+              and max(n) > (1 + STEP_SPREAD) * min(n)]
+    if uneven:
+        lines += ["", f"Step counts differ by more than {STEP_SPREAD:.0%} between seeds of: {', '.join(uneven)} "
+                  "(the budget is time, and machines differ in speed)."]
+    return lines
 
 
 def markdown(report: dict) -> str:
@@ -148,6 +169,7 @@ def markdown(report: dict) -> str:
     for m in methods:
         below = [f for f in DATASETS if s["versus_random"][m][f]["linear"]["diff"] <= 0]
         lines.append(f"- {m} (seeds {s['seeds'][m]}): " + ("yes" if not below else "no, below on " + ", ".join(below)))
+    lines += steps_section(s["steps"])
     if s["finetune_10pct"]:
         lines += ["", "## Fine-tuning pneumoniamnist with 10% labels: test AUC over pretraining × fine-tuning seeds", "",
                   *([f"Target: 95% of scratch with 100% labels ({cell(s['scratch_100pct'])}) = "

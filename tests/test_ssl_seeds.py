@@ -19,10 +19,10 @@ def probe(auc: float) -> dict:
 
 
 def report(seed: int | None, probes: dict[str, float], lr: float = 1e-3, ft: list[float] | None = None,
-           by_dataset: bool = False) -> dict:
+           by_dataset: bool = False, steps: int = 800) -> dict:
     r = {"minutes_per_method": 15.0, "probe_max_train": None, "finetune_steps": 150, "probe_C_grid": "1, 10",
          "probe": {init: probe(a) for init, a in probes.items()},
-         "pretrain": {init: {"lr": lr, "batch_by_dataset": by_dataset} for init in probes if init != "random"},
+         "pretrain": {init: {"lr": lr, "batch_by_dataset": by_dataset, "steps": steps} for init in probes if init != "random"},
          "finetune": {}}
     if ft:
         r["finetune"] = {m: {"pneumoniamnist": {"0.1": {"runs": [{"auc": a} for a in ft]}}} for m in probes if m != "random"}
@@ -87,3 +87,15 @@ def test_batches_by_dataset_get_their_own_row_which_can_be_shown_alone(tmp_path:
     assert s["finetune_10pct"]["byol/by-dataset"]["values"] == [0.9, 0.9]
     assert ssl_seeds.main([*files, "--out", str(tmp_path), "--name", "only", "--rows", "byol/by-dataset"]) == 0
     assert json.loads((tmp_path / "only.json").read_text())["summary"]["seeds"] == {"random": [0, 1], "byol/by-dataset": [0, 1]}
+
+
+def test_steps_per_seed_are_listed_and_uneven_ones_named(tmp_path: Path) -> None:
+    files = [write(tmp_path, "s0.json", report(0, {"random": 0.7, "byol": 0.8, "simclr": 0.8}, steps=800)),
+             write(tmp_path, "s1.json", report(1, {"random": 0.7, "byol": 0.8}, steps=600)),
+             write(tmp_path, "s1b.json", report(1, {"simclr": 0.8}, steps=780))]
+    assert ssl_seeds.main([*files, "--out", str(tmp_path), "--name", "out"]) == 0
+    assert json.loads((tmp_path / "out.json").read_text())["summary"]["steps"] == {
+        "byol": {"0": 800, "1": 600}, "simclr": {"0": 800, "1": 780}}
+    md = (tmp_path / "out.md").read_text()
+    assert "| byol | 0: 800, 1: 600 |" in md
+    assert "more than 20% between seeds of: byol (" in md
