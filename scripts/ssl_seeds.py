@@ -136,8 +136,11 @@ def steps_section(steps: dict[str, dict[int, int | None]]) -> list[str]:
     lines = ["", "## Pretraining steps by seed (the same time budget)", "", "| method | steps by seed |", "|---|---|"]
     lines += [f"| {m} | " + ", ".join(f"{seed}: {n if n is not None else 'n/a'}" for seed, n in by_seed.items()) + " |"
               for m, by_seed in steps.items()]
-    uneven = [m for m, by_seed in steps.items() if (n := [x for x in by_seed.values() if x])
-              and max(n) > (1 + STEP_SPREAD) * min(n)]
+    uneven = []
+    for m, by_seed in steps.items():
+        counts = [n for n in by_seed.values() if n]
+        if counts and max(counts) > (1 + STEP_SPREAD) * min(counts):
+            uneven.append(m)
     if uneven:
         lines += ["", f"Step counts differ by more than {STEP_SPREAD:.0%} between seeds of: {', '.join(uneven)} "
                   "(the budget is time, and machines differ in speed)."]
