@@ -6,8 +6,8 @@ dataset, against the random-init encoder drawn with the same seeds.
 
 Each report holds one pretraining seed (`bench_ssl.py --seed`, seed 0 before that flag existed); a
 later report's (method, seed) replaces an earlier one's, which the output names. Every report must
-share the budget and probe settings, and every seed of a method its learning rate and predictor LR
-factor. A method pretrained in batches of one dataset each (data.batch_by_dataset) gets its own row,
+share the budget and probe settings, and every seed of a method its learning rate, predictor LR
+factor and target momentum. A method pretrained in batches of one dataset each (data.batch_by_dataset) gets its own row,
 `<method>/by-dataset`; --rows keeps only the rows named. The comparison with random init is the
 difference of the means, with Welch's one-sided t-test (method > random) over the seeds: it covers
 pretraining-seed and init noise, not only test-set noise.
@@ -30,7 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ssl import DATASETS, REPO, fmt, write_report  # noqa: E402
 
 SAME = ("minutes_per_method", "probe_max_train", "probe_C_grid")
-RECIPE = ("lr", "predictor_lr_scale")
+RECIPE = ("lr", "predictor_lr_scale", "momentum")
+# every pretrain config started its momentum encoder at 0.99 before bench_ssl recorded the value
+MOMENTUM_METHODS = {"byol": 0.99, "mocov2": 0.99, "mocov3": 0.99}
 KINDS = ("linear", "knn")
 STEP_SPREAD = 0.2
 
@@ -43,11 +45,13 @@ def row_name(method: str, report: dict) -> str:
 
 def recipe(method: str, report: dict) -> dict:
     """The settings every seed of a row must share. Reports made before bench_ssl recorded the predictor
-    LR factor name it in their overrides, if they changed it."""
+    LR factor or the target momentum name them in their overrides, if they changed them."""
     overrides = dict(o.split("=", 1) for o in report.get("pretrain_overrides", []) if "=" in o)
     pretrain = report["pretrain"].get(method, {})
+    momentum = pretrain.get("momentum", overrides.get("ssl.momentum", MOMENTUM_METHODS[method])) if method in MOMENTUM_METHODS else None
     return {"lr": pretrain.get("lr"),
-            "predictor_lr_scale": float(pretrain.get("predictor_lr_scale", overrides.get("ssl.predictor_lr_scale", 1.0)))}
+            "predictor_lr_scale": float(pretrain.get("predictor_lr_scale", overrides.get("ssl.predictor_lr_scale", 1.0))),
+            "momentum": None if momentum is None else float(momentum)}
 
 
 def collect(reports: list[tuple[str, dict]], rows: list[str] | None = None) -> dict:

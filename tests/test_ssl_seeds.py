@@ -64,6 +64,13 @@ def test_mixed_learning_rates_or_settings_are_refused(tmp_path: Path) -> None:
                                    "pretrain_overrides": ["ssl.predictor_lr_scale=10"]})  # before it was recorded
     with pytest.raises(SystemExit, match="pass one predictor_lr_scale per method"):
         ssl_seeds.main([a, f, "--out", str(tmp_path)])
+    m = write(tmp_path, "m.json", {**report(1, {"random": 0.7, "byol": 0.8}, lr=5e-4),
+                                   "pretrain_overrides": ["ssl.momentum=0.996"]})  # a (0.99) before it was recorded
+    with pytest.raises(SystemExit, match=r"byol pretrained with momentum \{0: 0.99, 1: 0.996\}"):
+        ssl_seeds.main([a, m, "--out", str(tmp_path)])
+    r = report(1, {"random": 0.7, "byol": 0.8}, lr=5e-4)
+    r["pretrain"]["byol"]["momentum"] = 0.99  # recorded: the same recipe as a's
+    assert ssl_seeds.main([a, write(tmp_path, "r.json", r), "--out", str(tmp_path)]) == 0
     c = write(tmp_path, "c.json", {**report(1, {"byol": 0.8}), "minutes_per_method": 3.0})
     with pytest.raises(SystemExit, match="minutes_per_method is 3.0"):
         ssl_seeds.main([a, c, "--out", str(tmp_path)])
