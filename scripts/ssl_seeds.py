@@ -7,8 +7,8 @@ dataset, against the random-init encoder drawn with the same seeds.
 Each report holds one pretraining seed (`bench_ssl.py --seed`, seed 0 before that flag existed); a
 later report's (method, seed) replaces an earlier one's, which the output names. Every report must
 share the budget and probe settings, and every seed of a method its learning rate, predictor LR
-factor and target momentum. A method pretrained in batches of one dataset each (data.batch_by_dataset) gets its own row,
-`<method>/by-dataset`; --rows keeps only the rows named. The comparison with random init is the
+factor and target momentum. A method pretrained in batches of one dataset each
+(data.batch_by_dataset) gets its own row, `<method>/by-dataset`; --rows keeps only the rows named. The comparison with random init is the
 difference of the means, with Welch's one-sided t-test (method > random) over the seeds: it covers
 pretraining-seed and init noise, not only test-set noise.
 Writes <out>/<name>.{json,md}.
@@ -48,7 +48,9 @@ def recipe(method: str, report: dict) -> dict:
     LR factor or the target momentum name them in their overrides, if they changed them."""
     overrides = dict(o.split("=", 1) for o in report.get("pretrain_overrides", []) if "=" in o)
     pretrain = report["pretrain"].get(method, {})
-    momentum = pretrain.get("momentum", overrides.get("ssl.momentum", MOMENTUM_METHODS[method])) if method in MOMENTUM_METHODS else None
+    momentum = None
+    if method in MOMENTUM_METHODS:
+        momentum = pretrain.get("momentum", overrides.get("ssl.momentum", MOMENTUM_METHODS[method]))
     return {"lr": pretrain.get("lr"),
             "predictor_lr_scale": float(pretrain.get("predictor_lr_scale", overrides.get("ssl.predictor_lr_scale", 1.0))),
             "momentum": None if momentum is None else float(momentum)}
