@@ -10,7 +10,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -51,16 +51,19 @@ class AugmentConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "medformer_small"  # medformer_small, medformer_large, or a timm CNN name
+    name: str = "medformer_small"  # a Medformer size (README), or a timm model name (resnet18, resnet18_28, ...)
     drop_path: float = 0.0
     dropout: float = 0.0
-    overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {depth: 2} for tiny test models
+    # MedformerConfig fields ({depth: 2} for tiny test models), or timm.create_model kwargs for timm models
+    overrides: dict[str, Any] = field(default_factory=dict)
     pretrained_file: str | None = None  # local timm weights for init=imagenet (offline)
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
+    # auto: ceil(auto_samples / training images) epochs, so small datasets get more passes
+    epochs: int | Literal["auto"] = 10
+    auto_samples: int = 60_000
     batch_size: int = 128  # per process
     lr: float = 1e-3
     weight_decay: float = 0.05
@@ -81,6 +84,9 @@ class TrainConfig:
     progress: bool = True
     eval_test: bool = True
     layer_decay: float = 1.0  # Medformer layer-wise LR decay: block i of L gets lr * decay**(L - i)
+    # EMA of the weights (decay; 0: off), warmed up as 1 - (1 + step) ** -0.75: what is evaluated,
+    # kept as best.safetensors and tested
+    ema: float = 0.0
 
 
 @dataclass
@@ -95,6 +101,8 @@ class FinetuneConfig:
     resume: str | None = None  # output_dir of a run to continue
     loss_weights: dict[str, float] = field(default_factory=dict)  # per task; default 1
     finetune_mode: str = "full"  # full | linear_probe | head_only (see medformer.engine.protocols)
+    # loss weight of each class from the training labels' counts (medformer.objectives.class_balance)
+    class_weights: Literal["none", "sqrt", "balanced"] = "none"
 
 
 def _type_name(tp: Any) -> str:
@@ -118,6 +126,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(f"config key {key!r}: {value!r} is not a {' or '.join(map(_type_name, args))}")
     if tp is Any:
         return value
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value in choices:
+            return value
+        raise ConfigError(f"config key {key!r} must be one of {', '.join(map(str, choices))}, got {value!r}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"config key {key!r} must be a mapping of {sorted(f.name for f in dataclasses.fields(tp))}")

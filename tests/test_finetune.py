@@ -28,10 +28,17 @@ def run(args: list[str]) -> int:
     return finetune_main(["--config", CONFIG, *TINY, *args])
 
 
-def max_weight_diff(a: Path, b: Path) -> float:
+def max_weight_diff(a: Path, b: Path, skip_key_biases: bool = False) -> float:
+    """Largest absolute difference of two weight files. `skip_key_biases` leaves out the key half
+    of attention kv biases: softmax does not depend on a key bias, so its gradient is float noise,
+    which Adam scales to full-size steps that differ between runs of different float order."""
     wa, wb = load_file(str(a)), load_file(str(b))
     assert wa.keys() == wb.keys()
-    return max((wa[k] - wb[k]).abs().max().item() for k in wa)
+
+    def part(k: str, w: torch.Tensor) -> torch.Tensor:
+        return w[w.numel() // 2:] if skip_key_biases and k.endswith("attn.kv.bias") else w
+
+    return max((part(k, wa[k]) - part(k, wb[k])).abs().max().item() for k in wa)
 
 
 def history(out: Path) -> list[dict]:
@@ -155,7 +162,8 @@ def test_two_processes_equal_one_process(shared_root, tmp_path):
     subprocess.run(_cli([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "finetune",
                          *args, "train.batch_size=16"], two), check=True, env=env, capture_output=True)
     assert json.loads((two / "train_stats.json").read_text())["num_processes"] == 2
-    assert max_weight_diff(one / "checkpoints/last/model.safetensors", two / "checkpoints/last/model.safetensors") < 1e-4
+    assert max_weight_diff(one / "checkpoints/last/model.safetensors", two / "checkpoints/last/model.safetensors",
+                           skip_key_biases=True) < 1e-4
     m1, m2 = (json.loads((d / "metrics.json").read_text())["pneumoniamnist"]["val"] for d in (one, two))
     assert m1["auc"] == pytest.approx(m2["auc"], abs=1e-3)
 

@@ -32,8 +32,8 @@ def test_mixed_2d_3d_batch_one_forward_pass_and_backward():
         "pneumoniamnist": (1, 1), "retinamnist": (1, 4), "adrenalmnist3d": (2, 1), "chestmnist": (1, 14)
     }
     sum(v.sum() for v in out.values()).backward()
-    assert model.input_adapt.patch_2d.weight.grad.abs().sum() > 0
-    assert model.input_adapt.patch_3d.weight.grad.abs().sum() > 0
+    for stem in (model.input_adapt.patch_2d, model.input_adapt.patch_3d):
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in stem.parameters())
     assert model.encode(inputs).shape == (5, 128)
 
 
@@ -96,12 +96,57 @@ def test_every_medmnist_dataset_has_a_head_of_the_right_width():
         assert model.output_adapt.heads[flag].out_features == expected
 
 
-def test_thesis_sizes():
-    small, large = medformer_config("medformer_small"), medformer_config("medformer_large")
+@pytest.mark.parametrize("suffix", ["", "_thesis"])
+def test_sizes_keep_the_thesis_body(suffix):
+    small, large = medformer_config("medformer_small" + suffix), medformer_config("medformer_large" + suffix)
     assert (small.hidden_dim, small.depth, small.heads, small.mlp_ratio, small.patch_size, small.latent_dim, small.num_latent_tokens) == (128, 4, 4, 2.0, 4, 64, 32)
     assert (large.hidden_dim, large.depth, large.heads, large.mlp_ratio, large.patch_size, large.latent_dim, large.num_latent_tokens) == (512, 6, 8, 4.0, 16, 256, 512)
     n_small = count_parameters(Medformer(small, [dataset_info("pneumoniamnist")]))
     assert 0.5e6 < n_small < 1.5e6
+    assert (small.stem, large.stem) == (("patch", "patch") if suffix else ("conv", "conv"))
+
+
+@pytest.mark.parametrize("name", ["medformer_small", "medformer_small_thesis"])
+def test_every_stem_reads_pixels_onto_the_patch_grid(name):
+    """Thesis patchify and conv stem give one token per 4x4 patch, 2D and 3D; a gray image reads as
+    the same image replicated to RGB."""
+    torch.manual_seed(0)
+    model = Medformer(medformer_config(name), [dataset_info("pneumoniamnist")]).eval()
+    adapter = model.input_adapt
+    assert adapter.patch_tokens(torch.rand(2, 3, 28, 28)).shape == (2, 49, 128)
+    assert adapter.patch_tokens(torch.rand(2, 1, 28, 28, 28)).shape == (2, 343, 128)
+    gray = torch.rand(2, 1, 28, 28)
+    torch.testing.assert_close(adapter.patch_tokens(gray), adapter.patch_tokens(gray.expand(-1, 3, -1, -1)))
+
+
+def test_stems_are_called_once_per_dim_on_a_mixed_batch():
+    """Gray and RGB 2D images go through the 2D stem in one call (synced BatchNorm needs the same
+    calls on every process), and each sample's output is what it gets alone."""
+    torch.manual_seed(0)
+    model = tiny()
+    calls = []
+    model.input_adapt.patch_2d.register_forward_hook(lambda m, args, out: calls.append(args[0].shape))
+    inputs = mixed_inputs()
+    model(inputs)
+    assert calls == [(3, 3, 28, 28)]
+    model.eval()
+    together = model.encode(inputs)
+    for row in range(len(inputs)):
+        torch.testing.assert_close(model.encode(inputs.select(torch.tensor([row])))[0], together[row], atol=1e-5, rtol=1e-5)
+
+
+def test_encoder_of_another_size_fails_with_the_name_to_use(tmp_path):
+    """An encoder saved before medformer_small gained its conv stem loads by its thesis name; into
+    the new default it fails with one line naming that size."""
+    from medformer.engine.checkpoint import CheckpointError, load_weights, save_weights
+
+    infos = [dataset_info("pneumoniamnist")]
+    save_weights(Medformer(medformer_config("medformer_small_thesis"), infos), tmp_path / "old.safetensors")
+    with pytest.raises(CheckpointError, match="model.name=medformer_small_thesis") as err:
+        load_weights(Medformer(medformer_config("medformer_small"), infos), tmp_path / "old.safetensors")
+    assert "\n" not in str(err.value)
+    report = load_weights(Medformer(medformer_config("medformer_small_thesis"), infos), tmp_path / "old.safetensors")
+    assert not report["missing"] and not report["unexpected"]
 
 
 def test_real_batches_train_forward_backward(shared_root):

@@ -119,7 +119,7 @@ def test_layer_decay_gives_expected_per_block_learning_rates():
         expected = lr * decay ** (depth - i)
         assert group_of[id(named[f"blocks.{i}.attn.q.weight"])]["lr"] == pytest.approx(expected)
         assert group_of[id(named[f"blocks.{i}.attn.q.bias"])]["weight_decay"] == 0.0  # no-decay rule kept
-    assert group_of[id(named["input_adapt.patch_2d.weight"])]["lr"] == pytest.approx(lr * decay ** (depth + 1))
+    assert group_of[id(named["input_adapt.patch_2d.proj.weight"])]["lr"] == pytest.approx(lr * decay ** (depth + 1))
     assert group_of[id(named["input_adapt.latents"])]["weight_decay"] == 0.0
     assert group_of[id(named["output_adapt.heads.pneumoniamnist.weight"])]["lr"] == pytest.approx(lr)
     for _ in range(10):

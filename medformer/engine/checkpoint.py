@@ -71,6 +71,10 @@ def load_weights(
         raise CheckpointError(f"cannot read {file}: {e}") from None
     if prefix:
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    mismatch = getattr(model, "checkpoint_mismatch", None)
+    reason = mismatch(state) if mismatch is not None else None
+    if reason:
+        raise CheckpointError(f"checkpoint {file} does not fit this model: {reason}")
     own = model.state_dict()
     matched = [k for k in state if k in own and own[k].shape == state[k].shape]
     mismatched = [k for k in state if k in own and own[k].shape != state[k].shape]

@@ -15,10 +15,12 @@ from ..data.samplers import DatasetBalancedSampler
 from ..data.transforms import eval_transform
 from ..eval.evaluate import evaluate_tasks
 from ..models.factory import create_model, is_medformer
+from ..objectives.class_balance import class_weights
+from ..objectives.ssl.dist import sync_batchnorm
 from ..objectives.supervised import SupervisedObjective
 from .checkpoint import load_weights
 from .protocols import apply_finetune_mode, check_mode, layer_decay_scales
-from .trainer import Trainer, check_train_config, make_accelerator
+from .trainer import Trainer, check_train_config, make_accelerator, resolve_epochs
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +59,19 @@ def fit_batch_size(cfg: FinetuneConfig, n_train: int, num_processes: int) -> Non
         cfg.train.batch_size = per_process
 
 
+def train_class_weights(train_ds, mode: str) -> dict:
+    """{task: class weights} from the labels of each training dataset (MedMNIST parts only)."""
+    weights = {}
+    for part in train_ds.datasets:
+        base = part.base
+        info = getattr(base, "info", None)
+        if info is not None and hasattr(base, "labels"):
+            w = class_weights(base.labels, info.task, info.n_classes, mode)
+            if w is not None:
+                weights[info.flag] = w
+    return weights
+
+
 def run_finetune(cfg: FinetuneConfig) -> dict:
     """Train, keep the best-val checkpoint, test it; returns the metrics.json content."""
     out = Path(cfg.output_dir)
@@ -70,11 +85,14 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     set_seed(cfg.seed)
     train_ds = train_dataset(cfg.data, augment_factory(cfg.augment), cfg.seed)
     fit_batch_size(cfg, len(train_ds), accelerator.num_processes)
+    resolve_epochs(cfg.train, len(train_ds))
     sampler = DatasetBalancedSampler(train_ds, cfg.seed) if cfg.data.balance_datasets else None
     loader = train_loader(train_ds, cfg.train.batch_size, cfg.data.num_workers, cfg.seed, sampler,
                           train_ds if cfg.data.batch_by_dataset else None, accelerator.num_processes)
     model = create_model(cfg.model, infos, cfg.data.size, pretrained=cfg.init == "imagenet")
     init_report = init_model(model, cfg.init)
+    if accelerator.num_processes > 1:
+        model = sync_batchnorm(model)  # BatchNorm statistics over the global batch: 2 processes equal 1
     param_counts = apply_finetune_mode(model, cfg.finetune_mode)
     scales = layer_decay_scales(model, cfg.train.layer_decay)
     val = {k: accelerator.prepare(v) for k, v in eval_loaders(cfg.data, "val", cfg.train.batch_size, eval_transform()).items()}
@@ -84,8 +102,9 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
         save_config(cfg, out / "config.yaml")
         if init_report is not None:
             (out / "init_report.json").write_text(json.dumps(init_report, indent=1))
+    objective = SupervisedObjective(model, class_weights=train_class_weights(train_ds, cfg.class_weights))
     trainer = Trainer(
-        cfg.train, SupervisedObjective(model), loader, out, accelerator,
+        cfg.train, objective, loader, out, accelerator,
         loss_weights=cfg.loss_weights, evaluate=lambda m: evaluate_tasks(m, val, accelerator),
         run_config=to_dict(cfg), lr_scale=lambda name: scales.get(name.removeprefix("model."), 1.0),
     )

@@ -42,7 +42,7 @@ from ..pseudolabels.targets import (
     read_label_table,
 )
 from .checkpoint import save_weights
-from .trainer import Trainer, check_train_config, make_accelerator
+from .trainer import Trainer, check_train_config, make_accelerator, resolve_epochs
 
 logger = logging.getLogger(__name__)
 
@@ -294,6 +294,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
         sampler = sampler or class_sampler  # check_objectives allows at most one
     loader = train_loader(dataset, cfg.train.batch_size, data.num_workers, cfg.seed, sampler,
                           parts if data.batch_by_dataset else None, accelerator.num_processes)
+    resolve_epochs(train, len(dataset))
     knn = None
     if cfg.monitor.knn_every and accelerator.is_main_process:
         knn = KnnProbe(data, cfg.monitor, cfg.train.batch_size)

@@ -19,6 +19,7 @@ from torchvision.models.video import r3d_18
 from ..data.batch import Inputs
 from ..data.domains import DatasetInfo
 from .heads import head_width
+from .stem_calls import dims_only_elsewhere, has_batchnorm, merged_groups, zero_weighted
 
 # The 2D CNNs compared in RadiologyNET (timm names); tests build every one.
 RADIOLOGYNET_CNNS = (
@@ -65,11 +66,45 @@ def cached_hub_weights(name: str) -> str | None:
     return None
 
 
-def create_encoder_2d(name: str, pretrained: bool, drop_rate: float, pretrained_file: str | None) -> nn.Module:
+# MedMNIST's "(28)" ResNets: a 3x3 stride-1 first conv and no max-pool (MedMNIST v2's ResNet-18 (28)),
+# so a 28 px image still has a 4x4 map at the last stage instead of 1x1.
+SMALL_INPUT_SUFFIX = "_28"
+
+
+# Named timm baselines: name -> (timm model, create_model kwargs). vit_medformer_body is a plain ViT
+# with medformer_small's body (128 wide, 4 layers, 4 heads, MLP ratio 2, patch 4) at 28 px.
+TIMM_PRESETS: dict[str, tuple[str, dict]] = {
+    "vit_medformer_body": ("vit_tiny_patch16_224", dict(img_size=28, patch_size=4, embed_dim=128, depth=4,
+                                                        num_heads=4, mlp_ratio=2.0, dynamic_img_size=True)),
+}
+
+
+def small_input_stem(encoder: nn.Module) -> nn.Module:
+    """Replace a timm ResNet's 7x7 stride-2 conv and max-pool by a 3x3 stride-1 conv."""
+    encoder.conv1 = nn.Conv2d(encoder.conv1.in_channels, encoder.conv1.out_channels, 3, 1, 1, bias=False)
+    encoder.maxpool = nn.Identity()
+    return encoder
+
+
+def create_encoder_2d(
+    name: str, pretrained: bool, drop_rate: float, pretrained_file: str | None, **timm_kwargs
+) -> nn.Module:
     """timm encoder without classifier; clear one-line errors for unknown names and missing weights.
+
+    `<resnet>_28` (e.g. resnet18_28) is that ResNet with MedMNIST's stem for 28 px inputs.
+    `timm_kwargs` go to `timm.create_model` (e.g. a ViT's img_size, patch_size, embed_dim, depth).
 
     Offline, ImageNet weights come from the local Hugging Face cache if they are there; otherwise
     the error comes at once instead of after the hub client's retries."""
+    is_small_resnet = name.endswith(SMALL_INPUT_SUFFIX) and name.startswith("resnet")
+    if name in TIMM_PRESETS or is_small_resnet:
+        if pretrained or pretrained_file:
+            raise ValueError(f"{name} has no ImageNet weights (its shape is our own): use init=scratch")
+        if is_small_resnet:
+            base = create_encoder_2d(name.removesuffix(SMALL_INPUT_SUFFIX), False, drop_rate, None, **timm_kwargs)
+            return small_input_stem(base)
+        base, kwargs = TIMM_PRESETS[name]
+        return create_encoder_2d(base, False, drop_rate, None, **{**kwargs, **timm_kwargs})
     if pretrained_file and not Path(pretrained_file).is_file():
         raise FileNotFoundError(f"model.pretrained_file {pretrained_file} not found")
     if pretrained and not pretrained_file and name in timm.list_models() and not hub_reachable():
@@ -83,7 +118,7 @@ def create_encoder_2d(name: str, pretrained: bool, drop_rate: float, pretrained_
     try:
         return timm.create_model(
             name, pretrained=pretrained or bool(pretrained_file), num_classes=0, in_chans=3,
-            drop_rate=drop_rate, pretrained_cfg_overlay=overlay,
+            drop_rate=drop_rate, pretrained_cfg_overlay=overlay, **timm_kwargs,
         )
     except RuntimeError as e:
         if "Unknown model" in str(e):
@@ -110,11 +145,13 @@ class CNNModel(nn.Module):
 
     def __init__(
         self, name: str, datasets: list[DatasetInfo], pretrained: bool = False,
-        drop_rate: float = 0.0, pretrained_file: str | None = None,
+        drop_rate: float = 0.0, pretrained_file: str | None = None, timm_kwargs: dict | None = None,
     ):
         super().__init__()
         dims = {d.dim for d in datasets} or {"2d"}
-        self.encoder_2d = create_encoder_2d(name, pretrained, drop_rate, pretrained_file) if "2d" in dims else None
+        self.encoder_2d = (
+            create_encoder_2d(name, pretrained, drop_rate, pretrained_file, **(timm_kwargs or {})) if "2d" in dims else None
+        )
         self.min_size_2d = min_input_size(name, self.encoder_2d) if self.encoder_2d is not None else 1
         # models with a pre-logits MLP (vgg, mobilenetv3) emit head_hidden_size, not num_features
         self.embed_dim = (
@@ -124,6 +161,7 @@ class CNNModel(nn.Module):
         self.encoder_3d = resnet3d18() if "3d" in dims else None
         self.proj_3d = nn.Linear(512, self.embed_dim) if self.encoder_3d is not None and self.embed_dim != 512 else nn.Identity()
         self.heads = nn.ModuleDict()
+        self.batchnorm = has_batchnorm(self)
         for info in datasets:
             self.add_dataset(info)
 
@@ -146,8 +184,9 @@ class CNNModel(nn.Module):
         return images
 
     def encode(self, inputs: Inputs) -> torch.Tensor:
+        groups = merged_groups(inputs)
         out = None
-        for images, rows in inputs.groups:
+        for images, rows in groups.values():
             if images.ndim == 4:
                 if self.encoder_2d is None:
                     raise ValueError("this CNN was built without a 2D encoder; add a 2D dataset when creating it")
@@ -159,7 +198,19 @@ class CNNModel(nn.Module):
             if out is None:
                 out = feats.new_zeros(len(inputs), feats.shape[1])
             out = out.index_copy(0, rows, feats)
+        if self.training and self.batchnorm:
+            absent = dims_only_elsewhere(set(groups), out.device)
+            empty = [self._encode_empty(dim, out.device) for dim in absent]
+            out = zero_weighted(out, empty)
         return out
+
+    def _encode_empty(self, dim: str, device: torch.device) -> torch.Tensor:
+        """The encoder of `dim` on an empty batch (its synced BatchNorm takes part in this step)."""
+        encoder = self.encoder_2d if dim == "2d" else self.encoder_3d
+        if encoder is None:
+            raise ValueError(f"this CNN was built without a {dim.upper()} encoder; add a {dim.upper()} dataset when creating it")
+        shape = (0, 3, 32, 32) if dim == "2d" else (0, 1, 16, 16, 16)
+        return encoder(torch.zeros(shape, device=device))
 
     def forward(self, inputs: Inputs) -> dict[str, torch.Tensor]:
         return self.encode_and_classify(inputs)[1]

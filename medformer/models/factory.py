@@ -35,7 +35,7 @@ def create_model(cfg: ModelConfig, datasets: list[DatasetInfo], image_size: int 
 
     return CNNModel(
         cfg.name, list(datasets), pretrained=pretrained, drop_rate=cfg.dropout,
-        pretrained_file=cfg.pretrained_file if pretrained else None,
+        pretrained_file=cfg.pretrained_file if pretrained else None, timm_kwargs=cfg.overrides,
     )
 
 

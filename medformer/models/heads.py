@@ -39,17 +39,29 @@ def logits_to_scores(logits: torch.Tensor, task: str) -> torch.Tensor:
     raise ValueError(f"unknown task type {task!r}")
 
 
-def task_loss(logits: torch.Tensor, target: torch.Tensor, task: str) -> torch.Tensor:
-    """Loss of one task's logits: CE, BCE (binary, multi-label), or cumulative-BCE (ordinal)."""
+def task_loss(logits: torch.Tensor, target: torch.Tensor, task: str, class_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Loss of one task's logits: CE, BCE (binary, multi-label), or cumulative-BCE (ordinal).
+
+    `class_weight` ([K] per class; [L] positive weights for multi-label) weighs each sample by its
+    class; the mean is then over the batch's weights, as `F.cross_entropy(weight=...)` does.
+    """
     logits = logits.float()
-    if task == MULTI_CLASS:
-        return F.cross_entropy(logits, target.long().reshape(-1))
-    if task == BINARY:
-        return F.binary_cross_entropy_with_logits(logits.reshape(-1), target.float().reshape(-1))
     if task == MULTI_LABEL:
-        return F.binary_cross_entropy_with_logits(logits, target.float())
-    if task == ORDINAL:
+        pos_weight = None if class_weight is None else class_weight.to(logits.device)
+        return F.binary_cross_entropy_with_logits(logits, target.float(), pos_weight=pos_weight)
+    labels = target.long().reshape(-1)
+    if task == MULTI_CLASS:
+        weight = None if class_weight is None else class_weight.to(logits.device)
+        return F.cross_entropy(logits, labels, weight=weight)
+    if task == BINARY:
+        per_sample = F.binary_cross_entropy_with_logits(logits.reshape(-1), labels.float(), reduction="none")
+    elif task == ORDINAL:
         k = torch.arange(logits.shape[1], device=logits.device)
-        cumulative_target = (target.long().reshape(-1, 1) > k).float()
-        return F.binary_cross_entropy_with_logits(logits, cumulative_target)
-    raise ValueError(f"unknown task type {task!r}")
+        cumulative_target = (labels.reshape(-1, 1) > k).float()
+        per_sample = F.binary_cross_entropy_with_logits(logits, cumulative_target, reduction="none").mean(1)
+    else:
+        raise ValueError(f"unknown task type {task!r}")
+    if class_weight is None:
+        return per_sample.mean()
+    w = class_weight.to(logits.device)[labels]
+    return (per_sample * w).sum() / w.sum().clamp_min(1e-12)

@@ -8,6 +8,8 @@ backbone parameters stay the same.
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -19,6 +21,7 @@ from ..data.batch import Inputs
 from ..data.domains import DatasetInfo
 from .attention import Block
 from .heads import head_width
+from .stem_calls import dims_only_elsewhere, merged_groups, zero_weighted
 
 
 @dataclass
@@ -35,14 +38,24 @@ class MedformerConfig:
     task_tokens: int = 1
     drop_path: float = 0.0
     dropout: float = 0.0
+    # patch: one conv with kernel = stride = patch_size (the thesis); conv: a stack of 3x3
+    # stride-2 convs down to the same patch grid (early convolutions help small ViTs)
+    stem: str = "patch"
+    stem_width: int = 32  # channels of the conv stem's first layer, doubled at each stride-2 layer
+    stem_layers: int = 0  # 3x3 convs in the conv stem: log2(patch_size) stride-2 ones after stride-1 ones (0: none)
+    stem_norm: str = "group"  # group | batch: the conv stem's normalisation
+    body_patch_tokens: bool = False  # the body also reads the patch tokens, after the latent tokens
 
 
+_LARGE = dict(hidden_dim=512, depth=6, heads=8, mlp_ratio=4.0, patch_size=16, latent_dim=256,
+              num_latent_tokens=512, image_size_2d=224, image_size_3d=64)
+_CONV_STEM = dict(stem="conv", stem_norm="batch")
 SIZES: dict[str, MedformerConfig] = {
-    "medformer_small": MedformerConfig(),
-    "medformer_large": MedformerConfig(
-        hidden_dim=512, depth=6, heads=8, mlp_ratio=4.0, patch_size=16, latent_dim=256,
-        num_latent_tokens=512, image_size_2d=224, image_size_3d=64,
-    ),
+    "medformer_small": MedformerConfig(**_CONV_STEM),
+    "medformer_large": MedformerConfig(**_LARGE, **_CONV_STEM),
+    # the thesis architecture, as it was trained there (and here until the conv stem)
+    "medformer_small_thesis": MedformerConfig(),
+    "medformer_large_thesis": MedformerConfig(**_LARGE),
 }
 
 
@@ -50,6 +63,74 @@ def _param(*shape: int) -> nn.Parameter:
     p = nn.Parameter(torch.zeros(*shape))
     trunc_normal_(p, std=0.02)
     return p
+
+
+class ConvStem(nn.Module):
+    """3x3 stride-2 convs (GroupNorm, GELU) from the pixels to the patch grid, then a 1x1 conv to
+    `dim` (Xiao et al. 2021, "Early convolutions help transformers see better").
+
+    GroupNorm, not BatchNorm: a sample's tokens must not depend on its batch (mixed 2D/3D batches,
+    per-process batches equal to one process's).
+    """
+
+    def __init__(
+        self, in_chans: int, dim: int, patch_size: int, width: int, spatial_dims: int, n_layers: int = 0,
+        norm: str = "group",
+    ):
+        super().__init__()
+        n_down = int(math.log2(patch_size))
+        if 2**n_down != patch_size:
+            raise ValueError(f"stem=conv needs a power-of-two patch_size, got {patch_size}")
+        strides = [1] * max(0, n_layers - n_down) + [2] * n_down
+        conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
+        layers: list[nn.Module] = []
+        channels = in_chans
+        for i, stride in enumerate(strides):
+            out = min(width * 2 ** max(0, i - len(strides) + n_down), dim)
+            layers += [conv(channels, out, 3, stride, 1, bias=False), _norm(norm, out, spatial_dims), nn.GELU()]
+            channels = out
+        self.layers = nn.Sequential(*layers)
+        self.proj = conv(channels, dim, 1)
+
+    @property
+    def first(self) -> nn.Module:
+        return self.layers[0]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = _conv_any_channels(self.first, images)
+        return self.proj(self.layers[1:](x))
+
+
+class _ChannelLayerNorm(nn.LayerNorm):
+    """LayerNorm over the channels of [B, C, *spatial] at each position."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.movedim(1, -1)).movedim(-1, 1)
+
+
+def _norm(kind: str, channels: int, spatial_dims: int) -> nn.Module:
+    if kind == "group":
+        return nn.GroupNorm(1, channels)
+    if kind == "batch":
+        return (nn.BatchNorm2d if spatial_dims == 2 else nn.BatchNorm3d)(channels)
+    if kind == "layer":  # over channels, at each position (ConvNeXt's LayerNorm2d)
+        return _ChannelLayerNorm(channels)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"model stem_norm must be group or batch, got {kind!r}")
+
+
+def _conv_any_channels(conv: nn.Conv2d | nn.Conv3d, images: torch.Tensor) -> torch.Tensor:
+    """`conv(images)`, where a 1-channel image acts as a replicated RGB one for a 3-channel conv."""
+    weight = conv.weight
+    if images.shape[1] != weight.shape[1]:
+        if images.shape[1] != 1:
+            raise ValueError(
+                f"{images.ndim - 2}D input has {images.shape[1]} channels; expected {weight.shape[1]} or 1"
+            )
+        weight = weight.sum(1, keepdim=True)
+    conv_fn = F.conv2d if images.ndim == 4 else F.conv3d
+    return conv_fn(images, weight, conv.bias, conv.stride, conv.padding)
 
 
 class InputAdaptformer(nn.Module):
@@ -61,8 +142,14 @@ class InputAdaptformer(nn.Module):
         self.patch_size = p
         self.grid_2d = cfg.image_size_2d // p
         self.grid_3d = cfg.image_size_3d // p
-        self.patch_2d = nn.Conv2d(3, d, p, p)
-        self.patch_3d = nn.Conv3d(1, d, p, p)
+        if cfg.stem == "conv":
+            self.patch_2d = ConvStem(3, d, p, cfg.stem_width, 2, cfg.stem_layers, cfg.stem_norm)
+            self.patch_3d = ConvStem(1, d, p, cfg.stem_width, 3, cfg.stem_layers, cfg.stem_norm)
+        elif cfg.stem == "patch":
+            self.patch_2d = nn.Conv2d(3, d, p, p)
+            self.patch_3d = nn.Conv3d(1, d, p, p)
+        else:
+            raise ValueError(f"model stem must be patch or conv, got {cfg.stem!r}")
         self.pos_2d = _param(1, self.grid_2d**2, d)
         self.pos_3d = _param(1, self.grid_3d**3, d)
         self.latents = _param(cfg.num_latent_tokens, cfg.latent_dim)
@@ -73,6 +160,8 @@ class InputAdaptformer(nn.Module):
         self.proj = nn.Linear(cfg.latent_dim, d)
         self.latent_dim = cfg.latent_dim
         self.num_tokens = cfg.num_latent_tokens + 3
+        self.body_patch_tokens = cfg.body_patch_tokens
+        self.stem_batchnorm = cfg.stem == "conv" and cfg.stem_norm == "batch"
 
     def add_domain(self, modality: str, body_part: str) -> None:
         if modality not in self.modality_latents:
@@ -82,17 +171,8 @@ class InputAdaptformer(nn.Module):
 
     def patch_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """[b, C, H, W] or [b, C, D, H, W] -> patch tokens with position embeddings [b, T, d]."""
-        conv = self.patch_2d if images.ndim == 4 else self.patch_3d
-        weight = conv.weight
-        if images.shape[1] != weight.shape[1]:
-            if images.shape[1] != 1:
-                raise ValueError(
-                    f"{images.ndim - 2}D input has {images.shape[1]} channels; "
-                    f"expected {weight.shape[1]} or 1"
-                )
-            weight = weight.sum(1, keepdim=True)  # a gray image acts as a replicated RGB one
-        conv_fn = F.conv2d if images.ndim == 4 else F.conv3d
-        x = conv_fn(images, weight, conv.bias, stride=self.patch_size)
+        stem = self.patch_2d if images.ndim == 4 else self.patch_3d
+        x = stem(images) if isinstance(stem, ConvStem) else _conv_any_channels(stem, images)
         grid = x.shape[2:]
         x = x.flatten(2).transpose(1, 2)
         return x + self._pos_embed(grid, images.ndim == 4)
@@ -135,13 +215,25 @@ class InputAdaptformer(nn.Module):
 
     def forward(self, inputs: Inputs) -> torch.Tensor:
         queries = self.queries(inputs)
+        groups = merged_groups(inputs)
         out = None
-        for images, rows in inputs.groups:
-            z = self.proj(self.cross(queries[rows], self.patch_tokens(images)))
+        for images, rows in groups.values():
+            patches = self.patch_tokens(images)
+            z = self.proj(self.cross(queries[rows], patches))
+            if self.body_patch_tokens:
+                z = torch.cat([z, patches], dim=1)
             if out is None:
                 out = z.new_zeros(len(inputs), *z.shape[1:])
             out = out.index_copy(0, rows, z)
+        if self.training and self.stem_batchnorm:
+            empty = [self.patch_tokens(self._empty_batch(dim, out.device)) for dim in dims_only_elsewhere(set(groups), out.device)]
+            out = zero_weighted(out, empty)
         return out
+
+    def _empty_batch(self, dim: str, device: torch.device) -> torch.Tensor:
+        size = self.grid_2d * self.patch_size if dim == "2d" else self.grid_3d * self.patch_size
+        shape = (0, 3, size, size) if dim == "2d" else (0, 1, size, size, size)
+        return torch.zeros(shape, device=device)
 
 
 class OutputAdaptformer(nn.Module):
@@ -258,6 +350,33 @@ class Medformer(nn.Module):
 
     def config_dict(self) -> dict:
         return asdict(self.cfg)
+
+    def checkpoint_mismatch(self, state: dict[str, torch.Tensor]) -> str | None:
+        """Why `state` cannot be this model's, when its backbone is another named size's (e.g. an
+        encoder exported before medformer_small gained its conv stem); None when it may fit."""
+        theirs = backbone_shapes(state)
+        if _fits(theirs, backbone_shapes(self.state_dict())):
+            return None
+        name = next((n for n in SIZES if _fits(theirs, _size_shapes(n))), None)
+        if name is None:
+            return None
+        return f"its backbone is a {name} one; load it with model.name={name}"
+
+
+def _fits(theirs: dict[str, tuple[int, ...]], ours: dict[str, tuple[int, ...]]) -> bool:
+    return all(ours.get(k) == shape for k, shape in theirs.items())
+
+
+@functools.cache
+def _size_shapes(name: str) -> dict[str, tuple[int, ...]]:
+    return backbone_shapes(Medformer(SIZES[name]).state_dict())
+
+
+def backbone_shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    """Shapes of a Medformer state's shared tensors: no per-dataset latents or heads, and no
+    position embeddings (their length follows the image size)."""
+    per_dataset = ("modality_latents.", "body_part_latents.", "task_latents.", "heads.", ".pos_")
+    return {k: tuple(v.shape) for k, v in state.items() if not any(s in k for s in per_dataset)}
 
 
 def medformer_config(name: str, **overrides) -> MedformerConfig:

@@ -43,7 +43,8 @@ class PseudoLabelObjective(nn.Module):
         if n_classes < 2:
             raise ValueError(f"pseudo-label classification needs >= 2 classes, got {n_classes}")
         model.add_task(TASK, n_classes)
-        self.model = model if ssl is not None or not sync_bn else sync_batchnorm(model)
+        if ssl is None:
+            self.model = sync_batchnorm(model) if sync_bn else model
         self.ssl = ssl
         self.n_classes = n_classes
         self.label_smoothing = label_smoothing
@@ -53,6 +54,13 @@ class PseudoLabelObjective(nn.Module):
         self._logits: list[Tensor] = []
         if ssl is not None:
             ssl.encoder_fn = self._encode_and_classify
+
+    def __getattr__(self, name: str):
+        # With SSL the encoder is registered once, as ssl.model: a module registered under two
+        # names gets BatchNorm buffers that safetensors checkpoints cannot load back.
+        if name == "model" and self.__dict__.get("_modules", {}).get("ssl") is not None:
+            return self._modules["ssl"].model
+        return super().__getattr__(name)
 
     @property
     def last_embeddings(self) -> Tensor | None:

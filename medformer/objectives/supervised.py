@@ -12,14 +12,21 @@ from ..models.heads import task_loss
 class SupervisedObjective(nn.Module):
     """Wraps a model with task heads; returns {"<task>": loss} for the tasks in the batch."""
 
-    def __init__(self, model: nn.Module, task_types: dict[str, str] | None = None):
+    def __init__(
+        self, model: nn.Module, task_types: dict[str, str] | None = None,
+        class_weights: dict[str, torch.Tensor] | None = None,
+    ):
         super().__init__()
         self.model = model
         self.task_types = task_types or {}
+        self.class_weights = class_weights or {}  # task -> per-class weights (class_balance.class_weights)
 
     def task_type(self, task: str) -> str:
         return self.task_types.get(task) or dataset_info(task).task
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         logits = self.model(batch["inputs"])
-        return {task: task_loss(out, batch["targets"][task], self.task_type(task)) for task, out in logits.items()}
+        return {
+            task: task_loss(out, batch["targets"][task], self.task_type(task), self.class_weights.get(task))
+            for task, out in logits.items()
+        }

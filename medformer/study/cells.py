@@ -88,7 +88,7 @@ def resolve_init(init: str) -> str:
 
 
 def cell_overrides(cfg: StudyConfig, cell: Cell, cell_dir: Path, resume: bool) -> list[str]:
-    """finetune `key=value` overrides of one cell: the study's base overrides, then the cell's own."""
+    """finetune `key=value` overrides of one cell: the study's base overrides, its model's, then the cell's own."""
     own: dict[str, Any] = {
         "data.size": cfg.data.size,
         "data.datasets": [cell.dataset],
@@ -104,5 +104,5 @@ def cell_overrides(cfg: StudyConfig, cell: Cell, cell_dir: Path, resume: bool) -
         own["data.root"] = str(Path(cfg.data.root).expanduser().resolve())
     if resume:
         own["resume"] = str(cell_dir)
-    merged = {**flatten(cfg.finetune), **own}
+    merged = {**flatten(cfg.finetune), **flatten(cfg.model_finetune.get(cell.model, {})), **own}
     return [f"{k}={format_value(v)}" for k, v in merged.items()]

@@ -43,6 +43,8 @@ class StudyConfig:
     seeds: list[int] = field(default_factory=lambda: [0])
     modes: list[str] = field(default_factory=lambda: ["full"])  # full | linear_probe | head_only | knn
     finetune: dict[str, Any] = field(default_factory=dict)  # finetune overrides for every cell (dotted or nested keys)
+    # model name -> finetune overrides for that model's cells, after `finetune` (e.g. a slower CNN's LR schedule)
+    model_finetune: dict[str, dict[str, Any]] = field(default_factory=dict)
     base_config: str | None = None  # finetune YAML every cell starts from (else FinetuneConfig defaults)
     output_dir: str = "runs/study"
     published_baselines: str | None = DEFAULT_BASELINES  # CSV of published results; null: none
@@ -72,6 +74,9 @@ def validate(cfg: StudyConfig) -> StudyConfig:
         raise ConfigError("study config key 'data.datasets' is empty")
     for flag in cfg.data.datasets:
         dataset_info(flag)
+    stray = sorted(set(cfg.model_finetune) - set(cfg.models))
+    if stray:
+        raise ConfigError(f"study config key 'model_finetune': {stray[0]!r} is not in 'models' ({', '.join(cfg.models)})")
     bad = [m for m in cfg.modes if m not in MODES]
     if bad:
         raise ConfigError(f"study config key 'modes': {bad[0]!r} is not one of {', '.join(MODES)}")

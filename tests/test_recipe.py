@@ -1,0 +1,121 @@
+"""The fine-tuning recipe's parts: class weights from label counts, weighted losses, epochs from the
+training set's size, EMA weights (evaluated, kept, resumed), and their config checks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from medformer.config import ConfigError, FinetuneConfig, TrainConfig, load_config
+from medformer.data.domains import BINARY, MULTI_CLASS, MULTI_LABEL, ORDINAL
+from medformer.engine.trainer import resolve_epochs
+from medformer.models.heads import task_loss
+from medformer.objectives.class_balance import class_weights
+
+from test_finetune import max_weight_diff, run
+
+
+def test_balanced_weights_give_every_class_the_same_total_weight():
+    labels = np.array([0] * 30 + [1] * 10 + [3] * 60).reshape(-1, 1)  # class 2 absent
+    w = class_weights(labels, MULTI_CLASS, 4, "balanced")
+    counts = np.bincount(labels.ravel(), minlength=4)
+    np.testing.assert_allclose((w.numpy() * counts)[counts > 0], [100 / 3] * 3, rtol=1e-6)
+    assert w[2] == 0
+    sqrt = class_weights(labels, MULTI_CLASS, 4, "sqrt")
+    np.testing.assert_allclose(sqrt.numpy(), np.sqrt(w.numpy()), rtol=1e-6)
+    assert class_weights(labels, MULTI_CLASS, 4, "none") is None
+    with pytest.raises(ValueError, match="class_weights must be one of"):
+        class_weights(labels, MULTI_CLASS, 4, "inverse")
+
+
+def test_multi_label_weights_are_negatives_over_positives():
+    labels = np.array([[1, 0], [0, 0], [0, 1], [0, 1]])
+    np.testing.assert_allclose(class_weights(labels, MULTI_LABEL, 2, "balanced").numpy(), [3.0, 1.0])
+
+
+@pytest.mark.parametrize("task,width", [(BINARY, 1), (ORDINAL, 3), (MULTI_CLASS, 4)])
+def test_weighted_loss_is_the_weighted_mean_of_per_sample_losses(task, width):
+    torch.manual_seed(0)
+    logits, target = torch.randn(12, width), torch.randint(0, 4 if task != BINARY else 2, (12, 1))
+    weight = torch.tensor([0.5, 2.0, 1.0, 3.0])[: 2 if task == BINARY else 4]
+    w = weight[target.reshape(-1)]
+    if task == BINARY:
+        per = F.binary_cross_entropy_with_logits(logits.reshape(-1), target.float().reshape(-1), reduction="none")
+    elif task == ORDINAL:
+        cumulative = (target.reshape(-1, 1) > torch.arange(width)).float()
+        per = F.binary_cross_entropy_with_logits(logits, cumulative, reduction="none").mean(1)
+    else:
+        per = F.cross_entropy(logits, target.reshape(-1), reduction="none")
+    torch.testing.assert_close(task_loss(logits, target, task, weight), (per * w).sum() / w.sum())
+    torch.testing.assert_close(task_loss(logits, target, task), per.mean())
+
+
+def test_auto_epochs_follow_the_training_set_size():
+    for n, epochs in ((546, 74), (4708, 9), (40_000, 1), (80_000, 1)):
+        train = TrainConfig(epochs="auto", auto_samples=40_000)
+        resolve_epochs(train, n)
+        assert train.epochs == epochs, n
+    fixed = TrainConfig(epochs=7)
+    resolve_epochs(fixed, 546)
+    assert fixed.epochs == 7
+
+
+def test_enum_keys_fail_at_load_with_the_choices():
+    with pytest.raises(ConfigError, match="'class_weights' must be one of none, sqrt, balanced"):
+        load_config(FinetuneConfig, None, ["class_weights=inverse"])
+    with pytest.raises(ConfigError, match="train.epochs"):
+        load_config(FinetuneConfig, None, ["train.epochs=many"])
+    assert load_config(FinetuneConfig, None, ["train.epochs=auto"]).train.epochs == "auto"
+
+
+def test_class_weights_reach_the_loss_of_a_real_run(shared_root, tmp_path):
+    """A run with balanced weights on BreastMNIST (27% malignant) writes metrics and trains; its
+    objective holds the weights computed from the training labels."""
+    from medformer.engine.finetune import train_class_weights
+    from medformer.data.loaders import augment_factory, train_dataset
+
+    cfg = load_config(FinetuneConfig, None, [f"data.root={shared_root}", "data.datasets=[breastmnist]"])
+    weights = train_class_weights(train_dataset(cfg.data, augment_factory(cfg.augment), 0), "balanced")
+    labels = np.load(shared_root / "breastmnist.npz")["train_labels"].ravel()
+    counts = np.bincount(labels)
+    torch.testing.assert_close(weights["breastmnist"], torch.tensor(len(labels) / (2 * counts), dtype=torch.float32))
+
+
+def test_ema_weights_are_evaluated_kept_and_resumed(shared_root, tmp_path, monkeypatch):
+    """With train.ema the best weights are the EMA's at the best epoch, and a run resumed from its
+    epoch-1 checkpoint ends with the same EMA and raw weights as an uninterrupted one."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from medformer.engine.trainer import Trainer
+
+    full, part = tmp_path / "full", tmp_path / "part"
+    ema_after_epoch: dict[int, dict] = {}
+    save_last = Trainer.save_last
+
+    def save_and_snapshot(self):
+        save_last(self)
+        if self.output_dir == full:
+            ema_after_epoch[self.state.epoch] = load_file(str(self.last_dir / "ema.safetensors"))
+            if self.state.epoch == 1:  # the run as it stood after epoch 1: resumed below
+                shutil.copytree(full, part)
+
+    monkeypatch.setattr(Trainer, "save_last", save_and_snapshot)
+    args = [f"data.root={shared_root}", "data.max_train_samples=256", "train.batch_size=32", "train.ema=0.99",
+            "train.epochs=3", "train.eval_test=false"]
+    assert run([*args, f"output_dir={full}"]) == 0
+    assert run([*args, f"resume={part}", f"output_dir={part}"]) == 0
+    last = "checkpoints/last"
+    assert max_weight_diff(full / last / "ema.safetensors", part / last / "ema.safetensors") == 0.0
+    assert max_weight_diff(full / last / "model.safetensors", part / last / "model.safetensors") == 0.0
+    best_epoch = json.loads((full / "train_stats.json").read_text())["best_epoch"]
+    best = load_file(str(full / "best.safetensors"))
+    assert all(torch.equal(best[k], v) for k, v in ema_after_epoch[best_epoch + 1].items())
+    raw = {k.removeprefix("model."): v for k, v in load_file(str(full / last / "model.safetensors")).items()}
+    ema = load_file(str(full / last / "ema.safetensors"))
+    assert ema.keys() == raw.keys() and any(not torch.equal(ema[k], raw[k]) for k in ema)
