@@ -61,9 +61,10 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    # auto: ceil(auto_samples / training images) epochs, so small datasets get more passes
+    # auto: ceil(auto_samples x training datasets / training images) epochs, so a small dataset gets
+    # more passes (with data.balance_datasets, each dataset of a multi-task run about auto_samples)
     epochs: int | Literal["auto"] = 10
-    auto_samples: int = 60_000
+    auto_samples: int = 40_000
     batch_size: int = 128  # per process
     lr: float = 1e-3
     weight_decay: float = 0.05
@@ -89,11 +90,17 @@ class TrainConfig:
     ema: float = 0.0
 
 
+def finetune_recipe() -> TrainConfig:
+    """The default fine-tuning recipe, one for every dataset (docs/benchmarks.md, "Which backbone"):
+    about 40k training samples, batch 32, AdamW 5e-4, EMA weights, the best-val epoch tested."""
+    return TrainConfig(epochs="auto", batch_size=32, lr=5e-4, ema=0.999)
+
+
 @dataclass
 class FinetuneConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainConfig = field(default_factory=finetune_recipe)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     seed: int = 0
     output_dir: str = "runs/finetune"

@@ -59,6 +59,9 @@ def test_auto_epochs_follow_the_training_set_size():
         train = TrainConfig(epochs="auto", auto_samples=40_000)
         resolve_epochs(train, n)
         assert train.epochs == epochs, n
+    four = TrainConfig(epochs="auto", auto_samples=40_000)
+    resolve_epochs(four, 7522, n_datasets=4)  # the four shared datasets: each about 40k when balanced
+    assert four.epochs == 22
     fixed = TrainConfig(epochs=7)
     resolve_epochs(fixed, 546)
     assert fixed.epochs == 7

@@ -85,7 +85,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     set_seed(cfg.seed)
     train_ds = train_dataset(cfg.data, augment_factory(cfg.augment), cfg.seed)
     fit_batch_size(cfg, len(train_ds), accelerator.num_processes)
-    resolve_epochs(cfg.train, len(train_ds))
+    resolve_epochs(cfg.train, len(train_ds), len(train_ds.datasets))
     sampler = DatasetBalancedSampler(train_ds, cfg.seed) if cfg.data.balance_datasets else None
     loader = train_loader(train_ds, cfg.train.batch_size, cfg.data.num_workers, cfg.seed, sampler,
                           train_ds if cfg.data.batch_by_dataset else None, accelerator.num_processes)

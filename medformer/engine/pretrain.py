@@ -294,7 +294,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
         sampler = sampler or class_sampler  # check_objectives allows at most one
     loader = train_loader(dataset, cfg.train.batch_size, data.num_workers, cfg.seed, sampler,
                           parts if data.batch_by_dataset else None, accelerator.num_processes)
-    resolve_epochs(train, len(dataset))
+    resolve_epochs(train, len(dataset), len(parts.datasets))
     knn = None
     if cfg.monitor.knn_every and accelerator.is_main_process:
         knn = KnnProbe(data, cfg.monitor, cfg.train.batch_size)

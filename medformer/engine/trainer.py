@@ -61,10 +61,10 @@ def check_train_config(train: TrainConfig) -> None:
         raise ValueError("train.schedule_by=time needs a budget: set train.max_minutes (or ssl.max_minutes)")
 
 
-def resolve_epochs(train: TrainConfig, n_train: int) -> None:
-    """Turn `epochs: auto` into ceil(auto_samples / n_train) epochs (at least 1), in place."""
+def resolve_epochs(train: TrainConfig, n_train: int, n_datasets: int = 1) -> None:
+    """Turn `epochs: auto` into ceil(auto_samples x n_datasets / n_train) epochs, in place."""
     if train.epochs == "auto":
-        train.epochs = max(1, math.ceil(train.auto_samples / max(1, n_train)))
+        train.epochs = max(1, math.ceil(train.auto_samples * n_datasets / max(1, n_train)))
 
 
 def lr_lambda(schedule: str, total_steps: int, warmup_steps: int) -> Callable[[int], float]:
