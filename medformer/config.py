@@ -178,17 +178,31 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"config key {key!r}: {value!r} is not a {_type_name(tp)}")
 
 
-def _build(cls: type, values: dict, prefix: str = "") -> Any:
+def _build(cls: type, values: dict, prefix: str = "", base: Any = None) -> Any:
+    """`cls` from `values`; keys not given keep `base`'s values (else the field defaults). A nested
+    section starts from its field's default, so FinetuneConfig's recipe survives `train.lr=...`."""
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ConfigError(
             f"unknown config key {prefix + unknown[0]!r}; valid keys under "
-            f"{prefix.rstrip('.') or 'the top level'}: {', '.join(sorted(names))}"
+            f"{prefix.rstrip('.') or 'the top level'}: {', '.join(sorted(fields))}"
         )
-    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in values.items()}
-    return cls(**kwargs)
+    kwargs = {}
+    for k, v in values.items():
+        if dataclasses.is_dataclass(hints[k]) and isinstance(v, dict):
+            default = getattr(base, k) if base is not None else _field_default(fields[k])
+            kwargs[k] = _build(hints[k], v, f"{prefix}{k}.", default)
+        else:
+            kwargs[k] = _coerce(v, hints[k], prefix + k)
+    return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

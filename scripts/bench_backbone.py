@@ -142,7 +142,7 @@ def main() -> None:
     a = p.parse_args()
     out = Path(a.out)
     seeds = f"seeds=[{','.join(map(str, a.seeds))}]"
-    study = [sys.executable, "-m", "medformer.cli", "study", "--config", str(STUDY), seeds]
+    study = [sys.executable, "-m", "medformer.study", "--config", str(STUDY), seeds]
     if not a.report_only:
         run([*study, f"output_dir={out / 'study_2d'}"])
         run([*study, f"output_dir={out / 'study_3d'}", "data.datasets=[adrenalmnist3d]", f"models=[{','.join(MODELS_3D)}]"])

@@ -67,6 +67,17 @@ def test_auto_epochs_follow_the_training_set_size():
     assert fixed.epochs == 7
 
 
+def test_overriding_one_train_key_keeps_the_recipe():
+    """`train.max_minutes=10` (a study's budget) must not reset the other train keys to
+    TrainConfig's defaults: FinetuneConfig's recipe stays."""
+    cfg = load_config(FinetuneConfig, None, ["train.max_minutes=10"])
+    recipe = FinetuneConfig().train
+    assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.lr, cfg.train.ema) == (
+        recipe.epochs, recipe.batch_size, recipe.lr, recipe.ema) == ("auto", 32, 5e-4, 0.999)
+    assert cfg.train.max_minutes == 10
+    assert load_config(FinetuneConfig, None, ["train.lr=0.01"]).train.ema == 0.999
+
+
 def test_enum_keys_fail_at_load_with_the_choices():
     with pytest.raises(ConfigError, match="'class_weights' must be one of none, sqrt, balanced"):
         load_config(FinetuneConfig, None, ["class_weights=inverse"])

@@ -19,6 +19,7 @@ from torchvision.models.video import r3d_18
 from ..data.batch import Inputs
 from ..data.domains import DatasetInfo
 from .heads import head_width
+from .medformer import SIZES
 from .stem_calls import dims_only_elsewhere, has_batchnorm, merged_groups, zero_weighted
 
 # The 2D CNNs compared in RadiologyNET (timm names); tests build every one.
@@ -122,7 +123,8 @@ def create_encoder_2d(
         )
     except RuntimeError as e:
         if "Unknown model" in str(e):
-            raise ValueError(f"unknown model.name {name!r}: use medformer_small, medformer_large or a timm CNN (e.g. resnet18)") from None
+            raise ValueError(f"unknown model.name {name!r}: use a Medformer size ({', '.join(SIZES)}) or a timm model "
+                             f"(e.g. resnet18, {', '.join(TIMM_PRESETS)})") from None
         raise
     except OSError as e:  # offline hub download, unreadable file
         first = (str(e).splitlines() or [type(e).__name__])[0]

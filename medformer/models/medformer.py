@@ -43,8 +43,7 @@ class MedformerConfig:
     stem: str = "patch"
     stem_width: int = 32  # channels of the conv stem's first layer, doubled at each stride-2 layer
     stem_layers: int = 0  # 3x3 convs in the conv stem: log2(patch_size) stride-2 ones after stride-1 ones (0: none)
-    stem_norm: str = "group"  # group | batch: the conv stem's normalisation
-    body_patch_tokens: bool = False  # the body also reads the patch tokens, after the latent tokens
+    stem_norm: str = "group"  # batch | group | layer | none: the conv stem's normalisation
 
 
 _LARGE = dict(hidden_dim=512, depth=6, heads=8, mlp_ratio=4.0, patch_size=16, latent_dim=256,
@@ -66,11 +65,13 @@ def _param(*shape: int) -> nn.Parameter:
 
 
 class ConvStem(nn.Module):
-    """3x3 stride-2 convs (GroupNorm, GELU) from the pixels to the patch grid, then a 1x1 conv to
-    `dim` (Xiao et al. 2021, "Early convolutions help transformers see better").
+    """3x3 stride-2 convs (norm, GELU) from the pixels to the patch grid, then a 1x1 conv to `dim`
+    (Xiao et al. 2021, "Early convolutions help transformers see better").
 
-    GroupNorm, not BatchNorm: a sample's tokens must not depend on its batch (mixed 2D/3D batches,
-    per-process batches equal to one process's).
+    The sizes use BatchNorm: with GroupNorm, LayerNorm or no norm the body's tokens lost their
+    differences between images within the first steps on BreastMNIST and most runs predicted the
+    majority class (docs/benchmarks.md, "Which backbone"). In training, a sample's tokens then
+    depend on its batch; `stem_calls` keeps processes in step.
     """
 
     def __init__(
@@ -117,7 +118,7 @@ def _norm(kind: str, channels: int, spatial_dims: int) -> nn.Module:
         return _ChannelLayerNorm(channels)
     if kind == "none":
         return nn.Identity()
-    raise ValueError(f"model stem_norm must be group or batch, got {kind!r}")
+    raise ValueError(f"model stem_norm must be batch, group, layer or none, got {kind!r}")
 
 
 def _conv_any_channels(conv: nn.Conv2d | nn.Conv3d, images: torch.Tensor) -> torch.Tensor:
@@ -160,7 +161,6 @@ class InputAdaptformer(nn.Module):
         self.proj = nn.Linear(cfg.latent_dim, d)
         self.latent_dim = cfg.latent_dim
         self.num_tokens = cfg.num_latent_tokens + 3
-        self.body_patch_tokens = cfg.body_patch_tokens
         self.stem_batchnorm = cfg.stem == "conv" and cfg.stem_norm == "batch"
 
     def add_domain(self, modality: str, body_part: str) -> None:
@@ -218,22 +218,20 @@ class InputAdaptformer(nn.Module):
         groups = merged_groups(inputs)
         out = None
         for images, rows in groups.values():
-            patches = self.patch_tokens(images)
-            z = self.proj(self.cross(queries[rows], patches))
-            if self.body_patch_tokens:
-                z = torch.cat([z, patches], dim=1)
+            z = self.proj(self.cross(queries[rows], self.patch_tokens(images)))
             if out is None:
                 out = z.new_zeros(len(inputs), *z.shape[1:])
             out = out.index_copy(0, rows, z)
         if self.training and self.stem_batchnorm:
-            empty = [self.patch_tokens(self._empty_batch(dim, out.device)) for dim in dims_only_elsewhere(set(groups), out.device)]
-            out = zero_weighted(out, empty)
+            absent = dims_only_elsewhere(set(groups), out.device)
+            out = zero_weighted(out, [self.patch_tokens(self._empty_batch(dim, out.device)) for dim in absent])
         return out
 
     def _empty_batch(self, dim: str, device: torch.device) -> torch.Tensor:
-        size = self.grid_2d * self.patch_size if dim == "2d" else self.grid_3d * self.patch_size
-        shape = (0, 3, size, size) if dim == "2d" else (0, 1, size, size, size)
-        return torch.zeros(shape, device=device)
+        """No images of `dim` at the configured size: this process's part of a synced BatchNorm step."""
+        if dim == "2d":
+            return torch.zeros(0, 3, *(2 * [self.grid_2d * self.patch_size]), device=device)
+        return torch.zeros(0, 1, *(3 * [self.grid_3d * self.patch_size]), device=device)
 
 
 class OutputAdaptformer(nn.Module):
