@@ -1,10 +1,11 @@
-"""Benchmark: which backbone? Runs the study configs/study/backbone.yaml for the 2D datasets and for
-AdrenalMNIST3D (no ViT there), optionally the multi-task run of all four datasets, then writes the
-side-by-side table (AUC, ACC, balanced accuracy, MCC, img/s, peak memory, published numbers) to
-docs/results/backbone_benchmark.{json,md}.
+"""Benchmark: which backbone? Runs the study configs/study/backbone.yaml in three stages: the new
+default (medformer_small) on all four datasets at --seeds, then the other backbones on the 2D
+datasets and on AdrenalMNIST3D (no ViT there) at --baseline-seeds, then optionally the multi-task
+run of all four datasets. Writes the side-by-side table (AUC, ACC, balanced accuracy, MCC, img/s,
+peak memory, published numbers) to docs/results/backbone_benchmark.{json,md}.
 
     python scripts/bench_backbone.py                     # the whole benchmark (about 2.5 h on 2 cores)
-    python scripts/bench_backbone.py --multitask-seeds 0 1 2
+    python scripts/bench_backbone.py --baseline-seeds 0 --multitask-seeds   # about 75 min
     python scripts/bench_backbone.py --report-only       # tables from finished cells
 
 Cells are normal fine-tunes, resumable: a rerun skips what is done.
@@ -31,7 +32,9 @@ REPO = Path(__file__).resolve().parents[1]
 STUDY = REPO / "configs" / "study" / "backbone.yaml"
 MULTITASK = REPO / "configs" / "finetune" / "multitask_shared4_small.yaml"
 BASELINES = REPO.parent / "shared" / "reference" / "published_baselines.csv"
-MODELS_3D = ["medformer_small", "medformer_small_thesis", "resnet18_28"]
+DATASETS_2D = ["pneumoniamnist", "breastmnist", "retinamnist"]
+BASELINES_2D = ["medformer_small_thesis", "vit_medformer_body", "resnet18_28"]
+BASELINES_3D = ["medformer_small_thesis", "resnet18_28"]
 METRICS = ("auc", "acc", "balanced_acc", "mcc")
 # what the benchmark's rows are called for readers
 LABELS = {"medformer_small": "medformer_small (new default)", "medformer_small_thesis": "medformer_small_thesis",
@@ -135,19 +138,29 @@ def markdown(rows: list[dict]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(REPO / "runs" / "bench_backbone"), help="study and run folders")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds of medformer_small")
+    p.add_argument("--baseline-seeds", nargs="*", type=int, default=[0, 1, 2], help="none: skip the other backbones")
     p.add_argument("--multitask-seeds", nargs="*", type=int, default=[0], help="none: skip the multi-task run")
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--results", default=str(REPO / "docs" / "results" / "backbone_benchmark"))
     a = p.parse_args()
     out = Path(a.out)
-    seeds = f"seeds=[{','.join(map(str, a.seeds))}]"
-    study = [sys.executable, "-m", "medformer.study", "--config", str(STUDY), seeds]
+    stages = {  # output folder: (datasets, models, seeds)
+        "study_default": ([*DATASETS_2D, "adrenalmnist3d"], ["medformer_small"], a.seeds),
+        "study_baselines_2d": (DATASETS_2D, BASELINES_2D, a.baseline_seeds),
+        "study_baselines_3d": (["adrenalmnist3d"], BASELINES_3D, a.baseline_seeds),
+    }
+    listed = lambda xs: f"[{','.join(map(str, xs))}]"  # noqa: E731
+    per_model = yaml.safe_load(STUDY.read_text())["model_finetune"]
     if not a.report_only:
-        run([*study, f"output_dir={out / 'study_2d'}"])
-        run([*study, f"output_dir={out / 'study_3d'}", "data.datasets=[adrenalmnist3d]", f"models=[{','.join(MODELS_3D)}]"])
+        for name, (datasets, models, seeds) in stages.items():
+            own = yaml.safe_dump({m: v for m, v in per_model.items() if m in models}, default_flow_style=True).strip()
+            if seeds:
+                run([sys.executable, "-m", "medformer.study", "--config", str(STUDY), f"output_dir={out / name}",
+                     f"data.datasets={listed(datasets)}", f"models={listed(models)}", f"seeds={listed(seeds)}",
+                     f"model_finetune={own}"])
         run_multitask(a.multitask_seeds, out)
-    records = cell_records(out / "study_2d") + cell_records(out / "study_3d") + multitask_records(out)
+    records = [r for name in stages for r in cell_records(out / name)] + multitask_records(out)
     rows = summarize(records)
     result = {
         "command": " ".join(["python", *sys.argv]),
