@@ -218,6 +218,24 @@ def test_md5_hashed_once_per_file(shared, tmp_path, monkeypatch):
     assert len(calls) == 2
 
 
+
+def test_md5_cache_rejects_same_size_rewrite_with_restored_mtime(tmp_path, monkeypatch):
+    path = write_synthetic_npz(tmp_path, "pathmnist", n=(9, 3, 3))
+    official = mm._file_md5(path)
+    monkeypatch.setattr(mm, "_official", lambda flag, size: (None, official))
+    load_arrays("pathmnist", "train", root=tmp_path)  # verified and remembered
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
+    for _ in range(2):  # in-process cache, then the sidecar of a new process
+        with pytest.raises(DataError, match="md5 mismatch") as err:
+            load_arrays("pathmnist", "train", root=tmp_path)
+        assert "\n" not in str(err.value)
+        mm._MD5_CACHE.clear()
+
 # --- synthetic files: every task type and layout ----------------------------------------------
 
 LAYOUTS = [

@@ -32,8 +32,8 @@ ROOT_ENV = "MEDMNIST_ROOT"
 CACHE_ENV = "MEDFORMER_CACHE_DIR"  # overrides ~/.cache/medformer (tests, shared machines)
 _CHUNK = 1 << 20
 
-# (resolved path, file size, mtime_ns) -> md5 hex; the sidecar json makes it survive restarts.
-_MD5_CACHE: dict[tuple[str, int, int], str] = {}
+# _md5_key(path) -> md5 hex; the sidecar json makes it survive restarts.
+_MD5_CACHE: dict[tuple, str] = {}
 
 
 class DataError(ValueError):
@@ -133,9 +133,31 @@ def _file_md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _md5_key(path: Path) -> tuple[str, int, int]:
+def _edges_digest(path: Path, size: int) -> str:
+    """sha256 of the file's first and last MiB (the whole file when smaller than 2 MiB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        digest.update(fh.read(_CHUNK))
+        if size > 2 * _CHUNK:
+            fh.seek(size - _CHUNK)
+        digest.update(fh.read())
+    return digest.hexdigest()
+
+
+def _md5_key(path: Path) -> tuple:
+    """What a remembered md5 is trusted by: the same file (inode) unchanged since it was hashed.
+
+    mtime alone can be restored with os.utime (or tar, rsync -t); ctime cannot be set from user
+    space and moves on every write, and the edges digest catches same-size rewrites even where
+    ctime is coarse or missing. Trusted without a re-hash: a change confined to the middle of a
+    file larger than 2 MiB made within one clock tick of the last hashing, with mtime restored.
+    """
     st = path.stat()
-    return str(path.resolve()), st.st_size, st.st_mtime_ns
+    return (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns,
+            _edges_digest(path, st.st_size))
+
+
+_KEY_FIELDS = ("path", "size", "mtime_ns", "inode", "ctime_ns", "edges_sha256")
 
 
 def _sidecar(resolved: str) -> Path:
@@ -143,12 +165,12 @@ def _sidecar(resolved: str) -> Path:
     return cache_home() / "md5" / f"{name}.json"
 
 
-def _read_sidecar(key: tuple[str, int, int]) -> str | None:
+def _read_sidecar(key: tuple) -> str | None:
     try:
         record = json.loads(_sidecar(key[0]).read_text())
     except (OSError, ValueError):
         return None
-    if [record.get("path"), record.get("size"), record.get("mtime_ns")] == list(key):
+    if [record.get(f) for f in _KEY_FIELDS] == list(key):
         return record.get("md5")
     return None
 
@@ -168,7 +190,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
 def _remember_md5(path: Path, md5: str) -> None:
     key = _md5_key(path)
     _MD5_CACHE[key] = md5
-    record = {"path": key[0], "size": key[1], "mtime_ns": key[2], "md5": md5}
+    record = {**dict(zip(_KEY_FIELDS, key, strict=True)), "md5": md5}
     try:
         _atomic_write_text(_sidecar(key[0]), json.dumps(record))
     except OSError:
@@ -176,7 +198,7 @@ def _remember_md5(path: Path, md5: str) -> None:
 
 
 def cached_md5(path: str | os.PathLike) -> str:
-    """md5 of a file, hashed once per (path, size, mtime) in-process and across runs."""
+    """md5 of a file, hashed once per unchanged file (see `_md5_key`) in-process and across runs."""
     path = Path(path)
     key = _md5_key(path)
     md5 = _MD5_CACHE.get(key) or _read_sidecar(key)
