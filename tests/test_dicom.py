@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import re
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -21,6 +25,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from medformer.data import dicom
 from medformer.data.dicom import (
     DicomConfig,
     DicomDataset,
@@ -50,6 +55,25 @@ SELECTION = [
 ]
 JPEG_LS = ["JPEGLSNearLossless_08.dcm", "JPEGLSNearLossless_16.dcm", "MR_small_jpeg_ls_lossless.dcm", "SC_rgb_jls_lossy_line.dcm"]
 CFG = DicomConfig(min_slices=5)
+SALT = b"fixed test salt!"  # ingestion draws a fresh one; tests fix it to map paths back
+
+
+@pytest.fixture(autouse=True)
+def known_salt(monkeypatch):
+    monkeypatch.setattr(dicom, "_new_salt", lambda: SALT)
+
+
+def plain_paths(src: Path) -> dict[str, str]:
+    """Anonymised path -> source path, for every file under src (as ingestion with SALT writes them)."""
+    anon = dicom._Anonymiser(src, set(), SALT)
+    rels = [p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file()]
+    return {anon.path(rel): rel for rel in rels}
+
+
+def plain(path: str, src: Path) -> str:
+    """An index/skipped path with its source path put back ("#frame3"-style parts kept)."""
+    head, sep, part = path.partition("#")
+    return plain_paths(src)[head] + sep + part
 
 
 def write_dicom(path: Path, pixels: np.ndarray, **tags) -> Path:
@@ -98,17 +122,19 @@ def ingested(tmp_path_factory):
     (src / "0_broken" / "empty.dcm").write_bytes(b"")
     cache = tmp_path_factory.mktemp("pydicom_cache")
     start = time.perf_counter()
-    index = ingest_dicom(src, cache, CFG)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dicom, "_new_salt", lambda: SALT)
+        index = ingest_dicom(src, cache, CFG)
     return src, cache, index, time.perf_counter() - start
 
 
-def _by_path(index: DicomIndex) -> dict:
-    return {r.path: r for r in index.records}
+def _by_path(index: DicomIndex, src: Path) -> dict:
+    return {plain(r.path, src): r for r in index.records}
 
 
-def _skipped(cache: Path) -> dict[str, str]:
+def _skipped(cache: Path, src: Path) -> dict[str, str]:
     with open(cache / "skipped.csv", newline="") as fh:
-        return {row["path"]: row["reason"] for row in csv.DictReader(fh)}
+        return {plain(row["path"], src): row["reason"] for row in csv.DictReader(fh)}
 
 
 def test_images_in_range_and_shape(ingested):
@@ -132,8 +158,8 @@ def test_images_in_range_and_shape(ingested):
 
 
 def test_unusable_files_are_skipped_with_reasons(ingested):
-    _, cache, index, _ = ingested
-    skipped = _skipped(cache)
+    src, cache, index, _ = ingested
+    skipped = _skipped(cache, src)
     for name in ("README.txt", "crayons.icc", "no_meta.dcm"):
         assert skipped[name].startswith("not_dicom")
     assert skipped["rtplan.dcm"].startswith("no_pixel_data")
@@ -142,12 +168,12 @@ def test_unusable_files_are_skipped_with_reasons(ingested):
     assert skipped["MR_small_RLE.dcm"].startswith("duplicate")
     assert skipped["0_broken/garbage.dcm"].split(":")[0] in ("unreadable", "not_dicom", "no_pixel_data")
     assert skipped["0_broken/empty.dcm"].split(":")[0] in ("unreadable", "not_dicom")
-    assert "MR_small.dcm" in _by_path(index)  # the intact copy is used despite the broken one first
+    assert "MR_small.dcm" in _by_path(index, src)  # the intact copy is used despite the broken one first
     decoders = {JPEGLSLossless: JPEG_LS, JPEGLosslessSV1: ["SC_rgb_jpeg_gdcm.dcm"]}
     for syntax, names in decoders.items():
         for name in names:
             if get_decoder(syntax).is_available:
-                assert name in _by_path(index)
+                assert name in _by_path(index, src)
             else:
                 assert skipped[name].startswith("no_decoder"), skipped[name]
     assert all(reason.strip() for reason in skipped.values())
@@ -156,41 +182,47 @@ def test_unusable_files_are_skipped_with_reasons(ingested):
 
 
 def test_modality_body_part_and_path_scrubbing(ingested):
-    _, _, index, _ = ingested
-    by_path = _by_path(index)
+    src, cache, index, _ = ingested
+    by_path = _by_path(index, src)
     assert by_path["CT_small.dcm"].modality == "ct"
     assert by_path["MR_small.dcm"].modality == "mri"
     assert by_path["examples_rgb_color.dcm"].modality == "ultrasound"
     assert (by_path["JPEG2000.dcm"].modality, by_path["JPEG2000.dcm"].body_part) == ("nuclear_medicine", "whole_body")
     xrays = [r for r in index.records if r.modality == "xray"]
     assert len(xrays) == 3 and {r.body_part for r in xrays} == {"spine"}  # BodyPartExamined CSPINE
-    # The CR/CT2 folder is named after its PatientID: that component is hashed.
-    assert all("77654033" not in r.path and "/anon-" in r.path for r in xrays)
+    # The CR/CT2 folder is named after its PatientID; no source name is written, whatever the file.
+    written = [r.path for r in index.records]
+    with open(cache / "skipped.csv", newline="") as fh:
+        written += [row["path"] for row in csv.DictReader(fh)]
+    for path in written:
+        head = path.partition("#")[0]
+        assert all(re.fullmatch(r"anon-[0-9a-f]{10}(\.[a-z0-9]+)?", part) for part in head.split("/")), path
+    assert all(r.path.count("/") == 3 for r in xrays)  # dicomdirtests/77654033/CR1/6154
 
 
 def test_multiframe_files_and_series_become_volumes(ingested):
-    _, _, index, _ = ingested
-    volumes = {r.path: r.n_slices for r in index.records if r.dim == "3d"}
+    src, _, index, _ = ingested
+    volumes = {plain(r.path, src): r.n_slices for r in index.records if r.dim == "3d"}
     assert volumes.pop("rtdose.dcm") == 15
     assert volumes.pop("examples_ybr_color.dcm") == 30
     assert sorted(volumes.values()) == [5, 7]  # CT5N and MR700 series (min_slices=5)
-    assert sum(r.path.endswith(tuple(n.split("/")[-1] for n in CT2)) for r in index.records) == 4
+    assert sum(plain(r.path, src) in CT2 for r in index.records) == 4
 
 
-def _record_for(index: DicomIndex, suffix: str):
-    (rec,) = [r for r in index.records if r.path.endswith(suffix)]
+def _record_for(index: DicomIndex, suffix: str, src: Path):
+    (rec,) = [r for r in index.records if plain(r.path, src).endswith(suffix)]
     return rec
 
 
 def test_monochrome1_is_inverted(ingested):
-    _, cache, index, _ = ingested
+    src, cache, index, _ = ingested
     ds = pydicom.dcmread(PYDICOM_FILES / CR[0])
     assert ds.PhotometricInterpretation == "MONOCHROME1"
     raw = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
     c, w = float(ds.WindowCenter), float(ds.WindowWidth)
     expected = 1.0 - np.clip((raw - (c - 0.5)) / (w - 1) + 0.5, 0, 1)
     np.testing.assert_allclose(normalize_pixels(ds)[0], expected, atol=1e-5)
-    stored = np.load(cache / "images_2d.npy")[_record_for(index, "CR1/6154").array_index, ..., 0] / 255.0
+    stored = np.load(cache / "images_2d.npy")[_record_for(index, "CR1/6154", src).array_index, ..., 0] / 255.0
     resized = resize_pad(np.repeat(expected[..., None], 3, -1), 28)[..., 0]
     assert np.abs(stored - resized).max() <= 1 / 255 + 1e-6
 
@@ -209,10 +241,10 @@ def test_voi_window_or_percentiles(ingested):
 
 
 def test_ybr_is_converted_to_rgb(ingested):
-    _, cache, index, _ = ingested
+    src, cache, index, _ = ingested
     images = np.load(cache / "images_2d.npy").astype(float)
-    rgb = images[_record_for(index, "SC_rgb_dcmtk_+eb+cr.dcm").array_index]
-    ybr = images[_record_for(index, "SC_rgb_dcmtk_+eb+cy+n1.dcm").array_index]
+    rgb = images[_record_for(index, "SC_rgb_dcmtk_+eb+cr.dcm", src).array_index]
+    ybr = images[_record_for(index, "SC_rgb_dcmtk_+eb+cy+n1.dcm", src).array_index]
     assert np.abs(rgb - ybr).mean() < 4
     r, g, b = ybr[1, 14]  # the top band of this test pattern is pure red
     assert r > 200 and g < 40 and b < 40
@@ -247,7 +279,7 @@ def test_body_part_imputed_by_keyword_rules(tmp_path):
     write_dicom(tmp_path / "src" / "b.dcm", pixels, Modality="MR", StudyDescription="MRI BRAIN W/O")
     write_dicom(tmp_path / "src" / "c.dcm", pixels, Modality="US", SeriesDescription="misc")
     index = ingest_dicom(tmp_path / "src", tmp_path / "cache", CFG)
-    found = {r.path: (r.modality, r.body_part) for r in index.records}
+    found = {plain(r.path, tmp_path / "src"): (r.modality, r.body_part) for r in index.records}
     assert found == {"a.dcm": ("xray", "chest"), "b.dcm": ("mri", "head"), "c.dcm": ("ultrasound", "unknown")}
     assert impute_body_part(None, ["Knie links"], {"knee": ["knie"]}) == "knee"
     assert impute_body_part("L-SPINE", [], CFG.body_part_rules) == "spine"
@@ -381,3 +413,90 @@ def test_no_patient_identifier_written_anywhere(tmp_path):
         data = path.read_bytes().lower()
         for needle in needles:
             assert needle.lower().encode() not in data, f"{needle!r} found in {path.name}"
+
+
+# --- hostile folders through the CLI (a fresh process: pydicom is first imported by the ingest) --
+
+NEEDLES = ("QX987654", "Quixote", "Zebulon")
+BAD_FILES = {  # pydicom's file -> what goes wrong when decoding it
+    "JPEG2000-embedded-sequence-delimiter.dcm": "decoder traceback (DecompressionBombError)",
+    "JPEG-lossy.dcm": "decoder traceback (12-bit JPEG Extended)",
+    "SC_rgb_jpeg.dcm": "pydicom warning (implicit VR), decodes",
+    "MR_truncated.dcm": "truncated pixel data",
+}
+
+
+def _pseudolabel_cli(src: Path, out: Path, *overrides: str) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable, "-m", "medformer", "pseudolabel",
+        "--config", str(REPO / "configs" / "pseudolabel" / "dicom_example.yaml"),
+        f"data.dicom_dir={src}", f"output_dir={out}", "encoder=pixels", "ks=[2]", "tsne_points=10",
+        "pca_components=null", *overrides,
+    ]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def hostile_run(tmp_path_factory):
+    """A patient's DICOMs named by PatientID, notes named after the patient, and bad files."""
+    src = tmp_path_factory.mktemp("hostile") / "dicoms"
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        write_dicom(src / f"QX987654_{i}.dcm", rng.integers(0, 2000, (16, 16)),
+                    PatientID="QX987654", PatientName="Quixote^Zebulon")
+    (src / "QX987654.txt").write_text("clinical notes\n")
+    (src / "Quixote_Zebulon_report.txt").write_text("report\n")
+    (src / "bad").mkdir()
+    for name in BAD_FILES:
+        shutil.copy2(PYDICOM_FILES / name, src / "bad" / name)
+    _truncated_copy(src / "bad" / "ct_cut.dcm")
+    out = src.parent / "run"
+    return src, out, _pseudolabel_cli(src, out)
+
+
+def test_no_identifier_in_any_output_or_console(hostile_run):
+    _, out, proc = hostile_run
+    assert proc.returncode == 0, proc.stderr
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert {"skipped.csv", "index.csv", "report.json", "config.yaml", "labels.csv"} <= {p.name for p in files}
+    for data, where in [(p.read_bytes(), p.name) for p in files] + [(proc.stdout.encode(), "stdout"),
+                                                                    (proc.stderr.encode(), "stderr")]:
+        for needle in NEEDLES:
+            assert needle.lower().encode() not in data.lower(), f"{needle!r} found in {where}"
+    with open(out / "dicom_cache" / "skipped.csv", newline="") as fh:
+        notes = [row for row in csv.DictReader(fh) if row["path"].endswith(".txt")]
+    assert len(notes) == 2 and all(r["reason"].startswith("not_dicom") for r in notes)
+
+
+def test_pydicom_noise_stays_out_of_console(hostile_run):
+    _, out, proc = hostile_run
+    assert proc.returncode == 0, proc.stderr
+    console = (proc.stdout + proc.stderr).splitlines()
+    assert not [line for line in console if "Traceback" in line or "pydicom" in line or line.startswith(" ")]
+    (summary,) = [line for line in console if "skipped" in line]
+    assert "skipped.csv" in summary
+    report = json.loads((out / "dicom_cache" / "report.json").read_text())
+    with open(out / "dicom_cache" / "skipped.csv", newline="") as fh:
+        reasons = [row["reason"] for row in csv.DictReader(fh)]
+    assert f"{report['skipped']} skipped" in summary and len(reasons) == report["skipped"]
+    kinds = {reason.split(":")[0] for reason in reasons}
+    assert {"not_dicom", "truncated", "decode_failed"} <= kinds and all(":" in r for r in reasons)
+    assert len([r for r in reasons if not r.startswith("not_dicom")]) >= 4  # bomb, 12-bit, 2 truncated
+
+
+@pytest.mark.parametrize("folder", ["missing", "empty"])
+def test_missing_or_empty_dicom_dir_writes_nothing(tmp_path, capsys, folder):
+    from medformer.pseudolabels.__main__ import main
+
+    if folder == "empty":
+        (tmp_path / folder / "sub").mkdir(parents=True)
+    out = tmp_path / "run"
+    code = main([
+        "--config", str(REPO / "configs" / "pseudolabel" / "dicom_example.yaml"),
+        f"data.dicom_dir={tmp_path / folder}", f"output_dir={out}", f"data.dicom_cache_dir={tmp_path / 'cache'}",
+    ])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and err.startswith("pseudolabel: error: DICOM folder")
+    assert ("not found; set data.dicom_dir" if folder == "missing" else "is empty; put DICOM files") in err
+    assert not out.exists() and not (tmp_path / "cache").exists()

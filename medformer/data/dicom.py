@@ -7,8 +7,10 @@ percentiles), MONOCHROME1 inversion and YBR/palette -> RGB, then an aspect-prese
 zero padding to S x S (2D) or S^3 (3D), stored as uint8.
 
 Nothing identifying is written: patient/institution tags are never collected (`DENY_TAGS`), tag
-values mentioning the patient are dropped, and path components that contain a PatientName or
-PatientID are replaced by a salted hash. Files that cannot be used are listed in `skipped.csv`.
+values mentioning the patient are dropped, and no source path is written: every path component of
+every file (DICOM or not) becomes a salted hash, so a folder or file named after a patient, an
+accession number or a date cannot leak. Files that cannot be used are listed in `skipped.csv` with
+reasons that quote neither their path nor any patient identifier seen in the ingest.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from .medmnist import DataError
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: no source path is written (older caches may hold raw file names)
 
 # Tags whose values are never collected, whatever the config asks for.
 DENY_TAGS: frozenset[str] = frozenset(
@@ -107,7 +109,7 @@ class _Skip(Exception):
     def __init__(self, kind: str, detail: str = "") -> None:
         super().__init__(f"{kind}: {detail}" if detail else kind)
         self.kind = kind
-        self.forms: list[str] = []  # identifier forms of the file, to scrub its path
+        self.forms: list[str] = []  # identifier forms of the file, to redact skip reasons
 
 
 @dataclass
@@ -130,7 +132,7 @@ class SampleRecord:
 
     index: int
     sample_id: str
-    path: str  # relative to the source folder, identifying components hashed
+    path: str  # anonymised relative path: every component a salted hash (see _Anonymiser)
     dim: str
     modality: str
     body_part: str
@@ -269,15 +271,45 @@ def _mentions(text: str, forms: list[str]) -> bool:
     return any(f in low for f in forms)
 
 
-def _scrub(rel: str, identifying: set[str], salt: bytes) -> str:
-    """Relative path with identifying components replaced by a salted (unrecoverable) hash."""
-    parts = []
-    for part in Path(rel).parts:
-        if part in identifying:
-            # A fresh random salt per ingestion: short numeric IDs cannot be brute-forced back.
-            part = "anon-" + hmac.new(salt, part.encode(), hashlib.sha256).hexdigest()[:10]
-        parts.append(part)
-    return "/".join(parts)
+def _new_salt() -> bytes:
+    # A fresh random salt per ingestion, never stored: short numeric IDs cannot be brute-forced back.
+    return os.urandom(16)
+
+
+# Extensions kept on anonymised paths (help to find a skipped file); any other could be a name part.
+PLAIN_SUFFIXES = frozenset(
+    {".dcm", ".dicom", ".dic", ".ima", ".img", ".raw", ".txt", ".csv", ".json", ".xml", ".pdf", ".png",
+     ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".zip", ".gz", ".nii", ".icc", ".md", ".html"}
+)
+WITHHELD = "details withheld: they quote a patient identifier"
+
+
+class _Anonymiser:
+    """Anonymised paths and skip reasons of one ingestion (its salt is never stored)."""
+
+    def __init__(self, src: Path, forms: set[str], salt: bytes) -> None:
+        self.src, self.forms, self.salt = src, sorted(forms), salt
+
+    def _token(self, part: str) -> str:
+        return "anon-" + hmac.new(self.salt, part.encode(), hashlib.sha256).hexdigest()[:10]
+
+    def path(self, rel: str) -> str:
+        """Every component hashed; a plain extension (".dcm", ".txt") kept to help find a file."""
+        parts = [self._token(p) for p in Path(rel).parts]
+        suffix = Path(rel).suffix.lower()
+        if parts and suffix in PLAIN_SUFFIXES and not _mentions(suffix, self.forms):
+            parts[-1] += suffix
+        return "/".join(parts)
+
+    def text(self, value: Any) -> Any:
+        """A tag value, or "" if it mentions a patient of the ingest (files only check their own)."""
+        return "" if isinstance(value, str) and _mentions(value, self.forms) else value
+
+    def reason(self, rel: str, kind: str, text: str) -> str:
+        """A skip reason without the file's path, or only its kind if it names a patient."""
+        for where in (str(self.src / rel), rel):
+            text = text.replace(where, "<file>")
+        return f"{kind}: {WITHHELD}" if _mentions(text, self.forms) else text
 
 
 # --- header pass ----------------------------------------------------------------------------
@@ -337,7 +369,7 @@ def _check_decodable(ds: Any) -> None:
 
 
 def _read_header(path: Path, rel: str, cfg: DicomConfig, keywords: list[str]) -> tuple[_Header, list[str]]:
-    """Header of one file (pixels not read) plus the identifier forms for path scrubbing."""
+    """Header of one file (pixels not read) plus its identifier forms, to redact what is written."""
     from pydicom import dcmread
     from pydicom.errors import InvalidDicomError
 
@@ -583,7 +615,7 @@ def plan_samples(headers: list[_Header], min_slices: int) -> list[_Plan]:
 class _Sample:
     image: np.ndarray  # uint8: [S, S, 3] or [S, S, S]
     header: _Header
-    rel: str
+    part: str  # "" (the whole file), "#frame<i>" or "#series", appended to the anonymised path
     dim: str
     channels: int
     n_slices: int
@@ -604,10 +636,10 @@ def _gray(frames: np.ndarray, color: bool) -> np.ndarray:
     return frames @ _LUMA if color else frames
 
 
-def _sample_2d(frame: np.ndarray, color: bool, h: _Header, rel: str, size: int) -> _Sample:
+def _sample_2d(frame: np.ndarray, color: bool, h: _Header, part: str, size: int) -> _Sample:
     rgb = frame if color else np.repeat(frame[..., None], 3, axis=-1)
     image = _to_uint8(resize_pad(rgb, size, h.spacing))
-    return _Sample(image, h, rel, "2d", 3 if color else 1, 1)
+    return _Sample(image, h, part, "2d", 3 if color else 1, 1)
 
 
 def _unit_frames(values: np.ndarray, color: bool, h: _Header) -> np.ndarray:
@@ -620,10 +652,10 @@ def _samples_of_file(h: _Header, dim: str, cfg: DicomConfig) -> list[_Sample]:
     if dim == "3d":
         dz = h.slice_spacing or float(np.mean(h.spacing))
         volume = resize_pad(_gray(frames, color), cfg.size_3d, (dz, *h.spacing))
-        return [_Sample(_to_uint8(volume), h, h.rel, "3d", 1, len(frames))]
+        return [_Sample(_to_uint8(volume), h, "", "3d", 1, len(frames))]
     if len(frames) == 1:
-        return [_sample_2d(frames[0], color, h, h.rel, cfg.size_2d)]
-    return [_sample_2d(f, color, h, f"{h.rel}#frame{i}", cfg.size_2d) for i, f in enumerate(frames)]
+        return [_sample_2d(frames[0], color, h, "", cfg.size_2d)]
+    return [_sample_2d(f, color, h, f"#frame{i}", cfg.size_2d) for i, f in enumerate(frames)]
 
 
 def _samples_of_series(
@@ -641,7 +673,7 @@ def _samples_of_series(
             skipped.append((h.rel, skip.kind, str(skip)))
     if len(decoded) < cfg.min_slices:
         return [
-            _sample_2d(_unit_frames(v[None], c, h)[0], c, h, h.rel, cfg.size_2d) for h, v, c in decoded
+            _sample_2d(_unit_frames(v[None], c, h)[0], c, h, "", cfg.size_2d) for h, v, c in decoded
         ]
     first = decoded[0][0]
     stack = np.stack([_gray(v, c) for _, v, c in decoded])
@@ -649,7 +681,7 @@ def _samples_of_series(
     _, gap = _slice_order([h for h, _, _ in decoded])
     dz = gap or first.slice_spacing or float(np.mean(first.spacing))
     volume = resize_pad(volume_values, cfg.size_3d, (dz, *first.spacing))
-    return [_Sample(_to_uint8(volume), first, f"{first.rel}#series", "3d", 1, len(decoded))]
+    return [_Sample(_to_uint8(volume), first, "#series", "3d", 1, len(decoded))]
 
 
 def _check_new(h: _Header, seen: set[str]) -> None:
@@ -766,26 +798,28 @@ def _write_cache(
     cache_dir: Path,
     samples: list[_Sample],
     skipped: list[tuple[str, str, str]],
-    scrub: Any,
+    anon: _Anonymiser,
     cfg: DicomConfig,
     print_: str,
     n_files: int,
 ) -> DicomIndex:
     records, arrays = [], {"2d": [], "3d": []}
     for i, s in enumerate(samples):
+        body_part = anon.text(s.header.body_part) or "unknown"
         records.append(
-            SampleRecord(i, f"{i:06d}", scrub(s.rel), s.dim, s.header.modality, s.header.body_part,
-                         s.channels, s.n_slices, len(arrays[s.dim]))
+            SampleRecord(i, f"{i:06d}", anon.path(s.header.rel) + s.part, s.dim, s.header.modality,
+                         body_part, s.channels, s.n_slices, len(arrays[s.dim]))
         )
         arrays[s.dim].append(s.image)
     np.save(cache_dir / "images_2d.npy", _stack(arrays["2d"], (cfg.size_2d, cfg.size_2d, 3)))
     np.save(cache_dir / "images_3d.npy", _stack(arrays["3d"], (cfg.size_3d,) * 3))
-    features, columns, decisions = tag_features([s.header.tags for s in samples], cfg)
+    tags = [{k: v for k, v in s.header.tags.items() if anon.text(v) == v} for s in samples]
+    features, columns, decisions = tag_features(tags, cfg)
     np.save(cache_dir / "tag_features.npy", features)
     (cache_dir / "tag_columns.json").write_text(json.dumps(columns, indent=1))
     fields = list(SampleRecord.__dataclass_fields__)
     _write_csv(cache_dir / "index.csv", fields, [[getattr(r, f) for f in fields] for r in records])
-    skipped_rows = [(scrub(rel), reason) for rel, _, reason in skipped]
+    skipped_rows = [(anon.path(rel), anon.reason(rel, kind, reason)) for rel, kind, reason in skipped]
     _write_csv(cache_dir / "skipped.csv", ["path", "reason"], skipped_rows)
     report = {
         "fingerprint": print_,
@@ -808,6 +842,8 @@ def _write_cache(
 @contextmanager
 def _quiet_pydicom() -> Iterator[None]:
     """Silence pydicom's warnings and decoder tracebacks: every failure lands in skipped.csv."""
+    import pydicom  # noqa: F401 - importing pydicom resets its logger's level, so import it first
+
     logger = logging.getLogger("pydicom")
     level = logger.level
     logger.setLevel(logging.CRITICAL)
@@ -819,49 +855,60 @@ def _quiet_pydicom() -> Iterator[None]:
         logger.setLevel(level)
 
 
+def check_dicom_dir(src: str | os.PathLike, exclude: str | os.PathLike | None = None) -> None:
+    """Raise a one-line DataError unless `src` is a folder holding at least one file."""
+    src = Path(src)
+    if not src.is_dir():
+        raise DataError(f"DICOM folder {src} not found; set data.dicom_dir to a folder of DICOM files")
+    skip = Path(exclude).resolve() if exclude is not None else None
+    for root, dirs, names in os.walk(src):
+        if names:
+            return
+        dirs[:] = [d for d in dirs if (Path(root) / d).resolve() != skip]
+    raise DataError(f"DICOM folder {src} is empty; put DICOM files (any extension) in it")
+
+
 def ingest_dicom(src: str | os.PathLike, cache_dir: str | os.PathLike, cfg: DicomConfig | None = None) -> DicomIndex:
     """Ingest a DICOM folder tree into `cache_dir`, or reuse the cache if nothing changed."""
     cfg = cfg or DicomConfig()
     src, cache_dir = Path(src), Path(cache_dir)
-    if not src.is_dir():
-        raise DataError(f"DICOM folder {src} not found; set data.dicom_dir to a folder of DICOM files")
+    check_dicom_dir(src, cache_dir)
     files = _list_files(src, cache_dir.resolve())
-    if not files:
-        raise DataError(f"DICOM folder {src} is empty; put DICOM files (any extension) in it")
     print_ = fingerprint(src, files, cfg)
     if _cache_matches(cache_dir, print_):
-        log.info("reusing DICOM cache %s", cache_dir)
-        return DicomIndex.load(cache_dir)
+        index = DicomIndex.load(cache_dir)
+        log.info("reusing DICOM cache %s (%d samples, %d files skipped)",
+                 cache_dir, len(index), len(index.skipped))
+        return index
+    with _quiet_pydicom():
+        headers, skipped, forms = _read_headers(src, files, cfg)
+        samples = _build_samples(plan_samples(headers, cfg.min_slices), cfg, skipped)
     cache_dir.mkdir(parents=True, exist_ok=True)
     (cache_dir / "report.json").unlink(missing_ok=True)
-    with _quiet_pydicom():
-        headers, skipped, identifying = _read_headers(src, files, cfg)
-        samples = _build_samples(plan_samples(headers, cfg.min_slices), cfg, skipped)
-    salt = os.urandom(16)
-    index = _write_cache(
-        cache_dir, samples, skipped, lambda rel: _scrub(rel, identifying, salt), cfg, print_, len(files)
-    )
-    log.info("ingested %d DICOM samples from %d files (%d skipped)", len(samples), len(files), len(skipped))
+    anon = _Anonymiser(src, forms, _new_salt())
+    index = _write_cache(cache_dir, samples, skipped, anon, cfg, print_, len(files))
+    log.info("ingested %d DICOM samples from %d files; %d skipped, reasons in %s",
+             len(samples), len(files), len(skipped), cache_dir / "skipped.csv")
     return index
 
 
 def _read_headers(
     src: Path, files: list[Path], cfg: DicomConfig
 ) -> tuple[list[_Header], list[tuple[str, str, str]], set[str]]:
-    """Headers of usable files, skipped (rel, kind, reason), path components naming a patient."""
+    """Headers of usable files, skipped (rel, kind, reason), identifier forms of every file read."""
     keywords, _ = usable_tags(cfg.tags)
-    headers, skipped, identifying = [], [], set()
+    headers, skipped, forms = [], [], set()
     for path in files:
         rel = path.relative_to(src).as_posix()
         try:
-            header, forms = _read_header(path, rel, cfg, keywords)
+            header, file_forms = _read_header(path, rel, cfg, keywords)
         except _Skip as skip:
             skipped.append((rel, skip.kind, str(skip)))
-            identifying.update(p for p in Path(rel).parts if skip.forms and _mentions(p, skip.forms))
+            forms.update(skip.forms)
             continue
-        identifying.update(p for p in Path(rel).parts if _mentions(p, forms))
+        forms.update(file_forms)
         headers.append(header)
-    return headers, skipped, identifying
+    return headers, skipped, forms
 
 
 # --- torch dataset --------------------------------------------------------------------------

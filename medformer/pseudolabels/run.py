@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import ConcatDataset, Dataset
 
 from ..config import save_config
-from ..data.dicom import DicomConfig, DicomDataset, ingest_dicom
+from ..data.dicom import DicomConfig, DicomDataset, check_dicom_dir, ingest_dicom
 from ..data.medmnist import MedMNISTDataset
 from .clustering import (
     choose_k_elbow,
@@ -99,9 +99,13 @@ def medmnist_pool(data: PseudoLabelDataConfig, seed: int) -> Pool:
     return Pool(ConcatDataset(parts), {k: np.array(v) for k, v in attrs.items()}, samples, None, sizes, title)
 
 
+def dicom_cache_dir(data: PseudoLabelDataConfig, output_dir: Path) -> Path:
+    return Path(data.dicom_cache_dir) if data.dicom_cache_dir else output_dir / "dicom_cache"
+
+
 def dicom_pool(data: PseudoLabelDataConfig, output_dir: Path) -> Pool:
     """Pool of an ingested DICOM folder; attributes: modality and body part from the tags."""
-    cache = Path(data.dicom_cache_dir) if data.dicom_cache_dir else output_dir / "dicom_cache"
+    cache = dicom_cache_dir(data, output_dir)
     index = ingest_dicom(Path(data.dicom_dir), cache, data.dicom)
     dims = [d for d in ("2d", "3d") if any(r.dim == d for r in index.records)]
     if not dims:
@@ -118,10 +122,18 @@ def dicom_pool(data: PseudoLabelDataConfig, output_dir: Path) -> Pool:
     return Pool(ConcatDataset(parts), attrs, samples, index.tag_features[order], sizes, "Pseudo-labels: DICOM folder")
 
 
-def build_pool(cfg: PseudoLabelConfig) -> Pool:
+def check_pool_source(cfg: PseudoLabelConfig) -> None:
+    """Fail before anything is written: exactly one source, and a DICOM folder must hold files."""
     data = cfg.data
     if bool(data.datasets) == bool(data.dicom_dir):
         raise ValueError("set exactly one of data.datasets (MedMNIST flags) or data.dicom_dir")
+    if data.dicom_dir:
+        check_dicom_dir(data.dicom_dir, dicom_cache_dir(data, Path(cfg.output_dir)))
+
+
+def build_pool(cfg: PseudoLabelConfig) -> Pool:
+    check_pool_source(cfg)
+    data = cfg.data
     if data.dicom_dir:
         return dicom_pool(data, Path(cfg.output_dir))
     return medmnist_pool(data, cfg.seed)
@@ -183,6 +195,7 @@ def shuffled_baseline(result: ClusteringResult, seed: int) -> float:
 
 def run_pseudolabel(cfg: PseudoLabelConfig) -> dict[str, Any]:
     """Build the pool, cluster it, write the report into output_dir; return the metrics."""
+    check_pool_source(cfg)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
