@@ -7,7 +7,9 @@ import logging
 import sys
 from collections.abc import Callable
 
-from .config import ConfigError, load_config
+from .config import load_config
+from .errors import UserError
+from .lifeline import die_with_parent_from_env
 
 
 def parse_run_args(argv: list[str] | None, prog: str) -> tuple[str | None, list[str]]:
@@ -18,23 +20,24 @@ def parse_run_args(argv: list[str] | None, prog: str) -> tuple[str | None, list[
     return args.config, args.overrides
 
 
-# Errors a user can cause by input; they end the run with one line and exit code 2.
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, ValueError, FileNotFoundError, KeyError)
+def user_errors() -> tuple[type[Exception], ...]:
+    """Errors a user causes by input: one line and exit code 2. Anything else is a bug and keeps its
+    traceback. (DataError is listed until it derives from UserError.)"""
+    from .data.medmnist import DataError
+
+    return (UserError, DataError)
 
 
 def run_entry(schema: type, run: Callable, argv: list[str] | None, prog: str) -> int:
     """Load and validate the config, run, turn user errors into one-line messages."""
-    from .engine.checkpoint import CheckpointError
-    from .engine.trainer import NonFiniteLossError
-
+    die_with_parent_from_env()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config, overrides = parse_run_args(argv, prog)
     try:
         cfg = load_config(schema, config, overrides)
         run(cfg)
-    except (*USER_ERRORS, CheckpointError, NonFiniteLossError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"{prog}: error: {msg}", file=sys.stderr)
+    except user_errors() as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     return 0
 

@@ -14,46 +14,83 @@ from typing import Any, Literal
 
 import yaml
 
+from .errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError):
     """A config file or override that does not fit the schema."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """Bounds a numeric config value must lie in (None: unbounded), declared next to its field."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def holds(self, value: float) -> bool:
+        return not (
+            (self.ge is not None and value < self.ge) or (self.gt is not None and value <= self.gt)
+            or (self.le is not None and value > self.le) or (self.lt is not None and value >= self.lt)
+        )
+
+    def __str__(self) -> str:
+        low = f"[{self.ge:g}" if self.ge is not None else f"({self.gt:g}" if self.gt is not None else None
+        high = f"{self.le:g}]" if self.le is not None else f"{self.lt:g})" if self.lt is not None else None
+        if low and high:
+            return f"in {low}, {high}"
+        if low:
+            return f"{'>=' if low[0] == '[' else '>'} {low[1:]}"
+        return f"{'<=' if high[-1] == ']' else '<'} {high[:-1]}"
+
+
+def ranged(default: Any, **bounds: float) -> Any:
+    """A dataclass field whose loaded value must lie in Range(**bounds) (checked by the loader)."""
+    return field(default=default, metadata={"range": Range(**bounds)})
+
+
+PROBABILITY = {"ge": 0.0, "le": 1.0}
+# val metrics of medformer.eval.metrics.medmnist_metrics; loss: pretraining (no val metric)
+Monitor = Literal["auc", "acc", "f1", "balanced_acc", "mcc", "loss"]
 
 
 @dataclass
 class DataConfig:
     root: str | None = None  # folder with the official npz files; else $MEDMNIST_ROOT, ~/.medmnist
     datasets: list[str] = field(default_factory=lambda: ["pneumoniamnist"])
-    size: int = 28
+    size: int = ranged(28, ge=1)
     download: bool = False
     verify_md5: bool = True
-    num_workers: int = 0
-    label_fraction: float = 1.0  # stratified subset of the training labels
+    num_workers: int = ranged(0, ge=0)
+    label_fraction: float = ranged(1.0, gt=0.0, le=1.0)  # stratified subset of the training labels
     balance_datasets: bool = False  # draw each training dataset equally often (else each image equally often)
     batch_by_dataset: bool = False  # each (global) batch from one training dataset, instead of mixed batches
-    max_train_samples: int | None = None  # per dataset, for smoke runs
+    max_train_samples: int | None = ranged(None, ge=1)  # per dataset, for smoke runs
     dicom_cache: str | None = None  # pretrain only: an ingested DICOM cache (e.g. <pseudolabel output_dir>/dicom_cache)
 
 
 @dataclass
 class AugmentConfig:
     enabled: bool = True
-    randaugment_n: int = 2
-    randaugment_m: int = 8
-    hflip: float = 0.5
-    vflip: float = 0.0
-    rotate_degrees: float = 10.0
-    crop_scale: float = 0.85  # min area fraction of the random resized crop
-    flip_3d: float = 0.5  # per axis
-    rot90_3d: float = 0.5
-    rotate_3d_degrees: float = 10.0
-    intensity_3d: float = 0.1
+    randaugment_n: int = ranged(2, ge=0)
+    randaugment_m: int = ranged(8, ge=0, le=30)
+    hflip: float = ranged(0.5, **PROBABILITY)
+    vflip: float = ranged(0.0, **PROBABILITY)
+    rotate_degrees: float = ranged(10.0, ge=0.0, le=180.0)
+    crop_scale: float = ranged(0.85, gt=0.0, le=1.0)  # min area fraction of the random resized crop
+    flip_3d: float = ranged(0.5, **PROBABILITY)  # per axis
+    rot90_3d: float = ranged(0.5, **PROBABILITY)
+    rotate_3d_degrees: float = ranged(10.0, ge=0.0, le=180.0)
+    intensity_3d: float = ranged(0.1, ge=0.0)
 
 
 @dataclass
 class ModelConfig:
     name: str = "medformer_small"  # a Medformer size (README), or a timm model name (resnet18, resnet18_28, ...)
-    drop_path: float = 0.0
-    dropout: float = 0.0
+    drop_path: float = ranged(0.0, ge=0.0, lt=1.0)
+    dropout: float = ranged(0.0, ge=0.0, lt=1.0)
     # MedformerConfig fields ({depth: 2} for tiny test models), or timm.create_model kwargs for timm models
     overrides: dict[str, Any] = field(default_factory=dict)
     pretrained_file: str | None = None  # local timm weights for init=imagenet (offline)
@@ -63,31 +100,31 @@ class ModelConfig:
 class TrainConfig:
     # auto: ceil(auto_samples x training datasets / training images) epochs, so a small dataset gets
     # more passes (with data.balance_datasets, each dataset of a multi-task run about auto_samples)
-    epochs: int | Literal["auto"] = 10
-    auto_samples: int = 40_000
-    batch_size: int = 128  # per process
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    schedule: str = "cosine"  # cosine | onecycle | constant
-    warmup_epochs: float = 1.0
-    grad_accum: int = 1
-    grad_clip: float = 1.0
-    mixed_precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | no | bf16 | fp16
-    log_every: int = 10
-    max_steps: int | None = None  # optimizer steps; stops early (budgets, tests)
-    max_minutes: float | None = None  # training-time budget (not deterministic: benchmarks only)
+    epochs: int | Literal["auto"] = ranged(10, ge=1)
+    auto_samples: int = ranged(40_000, ge=1)
+    batch_size: int = ranged(128, ge=1)  # per process
+    lr: float = ranged(1e-3, gt=0.0)
+    weight_decay: float = ranged(0.05, ge=0.0)
+    schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
+    warmup_epochs: float = ranged(1.0, ge=0.0)
+    grad_accum: int = ranged(1, ge=1)
+    grad_clip: float = ranged(1.0, ge=0.0)  # max gradient norm (0: off)
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    log_every: int = ranged(10, ge=1)
+    max_steps: int | None = ranged(None, ge=1)  # optimizer steps; stops early (budgets, tests)
+    max_minutes: float | None = ranged(None, gt=0.0)  # training-time budget (not deterministic: benchmarks only)
     # steps | time: with time, LR (and momentum) schedules follow training time / max_minutes and the
     # run ends at max_minutes; epochs and max_steps only set the warmup's share (warmup / total steps)
-    schedule_by: str = "steps"
-    checkpoint_every: int = 0  # extra checkpoint every N optimizer steps (0: epoch ends only)
-    early_stopping: int = 0  # patience in epochs on the val metric (0: off)
-    monitor: str = "auc"  # val metric for best checkpoint and early stopping
+    schedule_by: Literal["steps", "time"] = "steps"
+    checkpoint_every: int = ranged(0, ge=0)  # extra checkpoint every N optimizer steps (0: epoch ends only)
+    early_stopping: int = ranged(0, ge=0)  # patience in epochs on the val metric (0: off)
+    monitor: Monitor = "auc"  # val metric for best checkpoint and early stopping
     progress: bool = True
     eval_test: bool = True
-    layer_decay: float = 1.0  # Medformer layer-wise LR decay: block i of L gets lr * decay**(L - i)
+    layer_decay: float = ranged(1.0, gt=0.0, le=1.0)  # Medformer layer-wise LR decay: block i of L gets lr * decay**(L - i)
     # EMA of the weights (decay; 0: off), warmed up as 1 - (1 + step) ** -0.75: what is evaluated,
     # kept as best.safetensors and tested
-    ema: float = 0.0
+    ema: float = ranged(0.0, ge=0.0, lt=1.0)
 
 
 def finetune_recipe() -> TrainConfig:
@@ -102,18 +139,29 @@ class FinetuneConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=finetune_recipe)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    seed: int = 0
+    seed: int = ranged(0, ge=0)
     output_dir: str = "runs/finetune"
     init: str = "scratch"  # scratch | imagenet | path to a checkpoint dir or .safetensors
     resume: str | None = None  # output_dir of a run to continue
     loss_weights: dict[str, float] = field(default_factory=dict)  # per task; default 1
-    finetune_mode: str = "full"  # full | linear_probe | head_only (see medformer.engine.protocols)
+    finetune_mode: Literal["full", "linear_probe", "head_only"] = "full"  # see medformer.engine.protocols
     # loss weight of each class from the training labels' counts (medformer.objectives.class_balance)
     class_weights: Literal["none", "sqrt", "balanced"] = "none"
 
 
 def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " or ".join(map(repr, typing.get_args(tp)))
     return getattr(tp, "__name__", str(tp))
+
+
+def _check_range(f: dataclasses.Field, tp: Any, value: Any, key: str) -> None:
+    """A number outside the Range declared in the field's metadata stops with a one-line ConfigError."""
+    bounds = f.metadata.get("range")
+    if bounds is None or not isinstance(value, (int, float)) or isinstance(value, bool) or bounds.holds(value):
+        return
+    words = [_type_name(a) for a in typing.get_args(tp) if typing.get_origin(a) is Literal]  # epochs: auto
+    raise ConfigError(f"config key {key!r} must be {' or '.join([str(bounds), *words])}, got {value!r}")
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -196,6 +244,7 @@ def _build(cls: type, values: dict, prefix: str = "", base: Any = None) -> Any:
             kwargs[k] = _build(hints[k], v, f"{prefix}{k}.", default)
         else:
             kwargs[k] = _coerce(v, hints[k], prefix + k)
+            _check_range(fields[k], hints[k], kwargs[k], prefix + k)
     return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
 
 

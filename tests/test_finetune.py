@@ -101,7 +101,7 @@ def test_init_from_checkpoint_and_mismatched_checkpoint(shared_root, tmp_path, c
         ("data.size=100", "size"),
         ("data.root=/nonexistent/medmnist", "data.root"),
         ("train.schedule_by=time", "set train.max_minutes"),
-        ("train.schedule_by=epochs", "train.schedule_by must be steps or time"),
+        ("train.schedule_by=epochs", "'train.schedule_by' must be one of steps, time"),
     ],
 )
 def test_bad_input_one_line_error_exit_2_no_outputs(tmp_path, capsys, override, message):

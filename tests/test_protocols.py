@@ -135,7 +135,7 @@ def test_layer_decay_gives_expected_per_block_learning_rates():
     "override,message",
     [
         ("init=imagenet", "no ImageNet weights exist for medformer_small"),
-        ("finetune_mode=probe", "finetune_mode must be one of"),
+        ("finetune_mode=probe", "'finetune_mode' must be one of full, linear_probe, head_only"),
         ("model.pretrained_file=/x.safetensors", "used only with init=imagenet"),
     ],
 )

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import UserError
+
 # Task types use medmnist's own strings so metrics can be checked against medmnist.Evaluator.
 MULTI_CLASS = "multi-class"
 BINARY = "binary-class"
@@ -92,4 +94,4 @@ def dataset_info(flag: str) -> DatasetInfo:
         return _REGISTRY[flag]
     except KeyError:
         valid = ", ".join(sorted(_REGISTRY))
-        raise ValueError(f"unknown dataset flag {flag!r}; valid flags: {valid}") from None
+        raise UserError(f"unknown dataset flag {flag!r}; valid flags: {valid}") from None

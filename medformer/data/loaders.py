@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 
-from ..config import AugmentConfig, DataConfig
+from ..config import AugmentConfig, ConfigError, DataConfig
 from .batch import collate
 from .domains import dataset_info
 from .medmnist import DataError, MedMNISTDataset, stratified_fraction
@@ -80,7 +80,7 @@ def train_dataset(
     if data.dicom_cache:
         parts += [SeededTransform(base, make_transform(base.dim), seed) for base in dicom_parts(data.dicom_cache)]
     if not parts:
-        raise ValueError("no training data: set data.datasets (MedMNIST flags) and/or data.dicom_cache")
+        raise ConfigError("no training data: set data.datasets (MedMNIST flags) and/or data.dicom_cache")
     return EpochConcat(parts)
 
 

@@ -8,6 +8,8 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import ConcatDataset, Sampler
 
+from ..errors import UserError
+
 
 class EpochWeightedSampler(Sampler[int]):
     """Draws len(dataset) indices per epoch with replacement, in proportion to `weights()`.
@@ -73,7 +75,7 @@ class DatasetBatchSampler(Sampler[list[int]]):
     def __init__(self, parts: ConcatDataset, batch_size: int, num_processes: int = 1, seed: int = 0,
                  sampler: EpochWeightedSampler | None = None):
         if len(parts) < batch_size * num_processes:
-            raise ValueError(f"{len(parts)} training images are fewer than one global batch of "
+            raise UserError(f"{len(parts)} training images are fewer than one global batch of "
                              f"{batch_size} x {num_processes} processes: lower train.batch_size")
         self.parts = parts
         self.batch_size = batch_size

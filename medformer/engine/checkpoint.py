@@ -15,8 +15,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..errors import UserError
 
-class CheckpointError(ValueError):
+
+class CheckpointError(UserError):
     """A checkpoint that is missing, unreadable or does not fit the model."""
 
 

@@ -8,18 +8,21 @@ from pathlib import Path
 
 from accelerate.utils import set_seed
 
-from ..config import FinetuneConfig, save_config, to_dict
+from ..config import ConfigError, FinetuneConfig, save_config, to_dict
 from ..data.domains import dataset_info
 from ..data.loaders import augment_factory, eval_loaders, train_dataset, train_loader
 from ..data.samplers import DatasetBalancedSampler
 from ..data.transforms import eval_transform
 from ..eval.evaluate import evaluate_tasks
-from ..models.factory import create_model, is_medformer
+from ..models.factory import is_medformer
 from ..objectives.class_balance import class_weights
 from ..objectives.ssl.dist import sync_batchnorm
 from ..objectives.supervised import SupervisedObjective
+from .build import build_model, check_model
 from .checkpoint import load_weights
+from .lock import RunLock
 from .protocols import apply_finetune_mode, check_mode, layer_decay_scales
+from .resume import FINETUNE_STATE_KEYS, check_resume
 from .trainer import Trainer, check_train_config, make_accelerator, resolve_epochs
 
 logger = logging.getLogger(__name__)
@@ -37,13 +40,19 @@ def init_model(model, init: str) -> dict | None:
 
 def check_init(cfg: FinetuneConfig) -> None:
     """Reject init/model combinations that cannot work, before any output is written."""
+    check_model(cfg.model)
     if cfg.init == "imagenet" and is_medformer(cfg.model.name):
-        raise ValueError(
+        raise ConfigError(
             f"init=imagenet needs a timm CNN model.name; no ImageNet weights exist for {cfg.model.name} "
             "(use init=scratch or a checkpoint path)"
         )
     if cfg.model.pretrained_file and cfg.init != "imagenet":
-        raise ValueError("model.pretrained_file is used only with init=imagenet")
+        raise ConfigError("model.pretrained_file is used only with init=imagenet")
+    if cfg.model.pretrained_file and not Path(cfg.model.pretrained_file).is_file():
+        raise ConfigError(f"model.pretrained_file {cfg.model.pretrained_file} not found")
+    if cfg.train.monitor == "loss":
+        raise ConfigError("train.monitor=loss is for pretraining; a fine-tune monitors a val metric: "
+                          "auc, acc, f1, balanced_acc or mcc")
 
 
 def fit_batch_size(cfg: FinetuneConfig, n_train: int, num_processes: int) -> None:
@@ -54,7 +63,7 @@ def fit_batch_size(cfg: FinetuneConfig, n_train: int, num_processes: int) -> Non
     per_process = n_train // max(1, num_processes)
     if per_process < cfg.train.batch_size:
         if per_process < 1:
-            raise ValueError(f"train set has {n_train} samples, fewer than the {num_processes} processes")
+            raise ConfigError(f"train set has {n_train} samples, fewer than the {num_processes} processes")
         logger.warning("train set has %d samples: train.batch_size %d -> %d", n_train, cfg.train.batch_size, per_process)
         cfg.train.batch_size = per_process
 
@@ -76,11 +85,11 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     """Train, keep the best-val checkpoint, test it; returns the metrics.json content."""
     out = Path(cfg.output_dir)
     infos = [dataset_info(f) for f in cfg.data.datasets]  # unknown flags fail here, before any output
-    if cfg.resume and Path(cfg.resume).resolve() != out.resolve():
-        raise ValueError(f"resume={cfg.resume} must equal output_dir={cfg.output_dir} (a run continues in place)")
     check_mode(cfg.finetune_mode)
     check_init(cfg)
     check_train_config(cfg.train)
+    if cfg.resume:
+        check_resume(cfg, FINETUNE_STATE_KEYS)
     accelerator = make_accelerator(cfg.train, out)
     set_seed(cfg.seed)
     train_ds = train_dataset(cfg.data, augment_factory(cfg.augment), cfg.seed)
@@ -89,7 +98,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     sampler = DatasetBalancedSampler(train_ds, cfg.seed) if cfg.data.balance_datasets else None
     loader = train_loader(train_ds, cfg.train.batch_size, cfg.data.num_workers, cfg.seed, sampler,
                           train_ds if cfg.data.batch_by_dataset else None, accelerator.num_processes)
-    model = create_model(cfg.model, infos, cfg.data.size, pretrained=cfg.init == "imagenet")
+    model = build_model(cfg.model, infos, cfg.data.size, pretrained=cfg.init == "imagenet")
     init_report = init_model(model, cfg.init)
     if accelerator.num_processes > 1:
         model = sync_batchnorm(model)  # BatchNorm statistics over the global batch: 2 processes equal 1
@@ -97,22 +106,34 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     scales = layer_decay_scales(model, cfg.train.layer_decay)
     val = {k: accelerator.prepare(v) for k, v in eval_loaders(cfg.data, "val", cfg.train.batch_size, eval_transform()).items()}
 
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
-        if init_report is not None:
-            (out / "init_report.json").write_text(json.dumps(init_report, indent=1))
-    objective = SupervisedObjective(model, class_weights=train_class_weights(train_ds, cfg.class_weights))
-    trainer = Trainer(
-        cfg.train, objective, loader, out, accelerator,
-        loss_weights=cfg.loss_weights, evaluate=lambda m: evaluate_tasks(m, val, accelerator),
-        run_config=to_dict(cfg), lr_scale=lambda name: scales.get(name.removeprefix("model."), 1.0),
-    )
-    if cfg.resume:
-        trainer.resume(cfg.resume)
-    trainer.fit()
+    with RunLock(out, enabled=accelerator.is_main_process):  # the first write: one run per output_dir
+        if accelerator.is_main_process:
+            save_config(cfg, out / "config.yaml")
+            if init_report is not None:
+                (out / "init_report.json").write_text(json.dumps(init_report, indent=1))
+        objective = SupervisedObjective(model, class_weights=train_class_weights(train_ds, cfg.class_weights))
+        trainer = Trainer(
+            cfg.train, objective, loader, out, accelerator,
+            loss_weights=cfg.loss_weights, evaluate=lambda m: evaluate_tasks(m, val, accelerator),
+            run_config=to_dict(cfg), lr_scale=lambda name: scales.get(name.removeprefix("model."), 1.0),
+        )
+        if cfg.resume:
+            trainer.resume(cfg.resume)
+        trainer.fit()
+        metrics = evaluate_best(cfg, trainer, val, accelerator)
+        if accelerator.is_main_process:
+            _write_json(out / "metrics.json", metrics)
+            stats = trainer.stats()
+            stats["epochs_to_best"] = stats["best_epoch"] + 1
+            stats.update(finetune_mode=cfg.finetune_mode, batch_size=cfg.train.batch_size, parameters=param_counts)
+            _write_json(out / "train_stats.json", {**stats, "history": trainer.history})
+        trainer.close()
+    return metrics
 
-    # final evaluation of the best-val weights on val and test
+
+def evaluate_best(cfg: FinetuneConfig, trainer: Trainer, val: dict, accelerator) -> dict:
+    """The best-val weights (when kept) evaluated on val and, with train.eval_test, on test."""
+    out = Path(cfg.output_dir)
     if (out / "best.safetensors").is_file():
         accelerator.wait_for_everyone()
         load_weights(trainer.model, out / "best.safetensors", strict=True)
@@ -121,13 +142,6 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
         test = {k: accelerator.prepare(v) for k, v in eval_loaders(cfg.data, "test", cfg.train.batch_size, eval_transform()).items()}
         for flag, m in evaluate_tasks(trainer.model, test, accelerator).items():
             metrics[flag]["test"] = m
-    if accelerator.is_main_process:
-        _write_json(out / "metrics.json", metrics)
-        stats = trainer.stats()
-        stats["epochs_to_best"] = stats["best_epoch"] + 1
-        stats.update(finetune_mode=cfg.finetune_mode, batch_size=cfg.train.batch_size, parameters=param_counts)
-        _write_json(out / "train_stats.json", {**stats, "history": trainer.history})
-    trainer.close()
     return metrics
 
 

@@ -22,14 +22,14 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
-from ..config import DataConfig, TrainConfig, save_config, to_dict
+from ..config import ConfigError, DataConfig, TrainConfig, save_config, to_dict
 from ..data.batch import collate
 from ..data.domains import MULTI_LABEL, dataset_info
 from ..data.loaders import SeededTransform, medmnist_split, train_dataset, train_loader
 from ..data.samplers import DatasetBalancedSampler
 from ..data.transforms import MultiViewTransform, eval_transform
 from ..eval.probe import extract_features, knn_eval
-from ..models.factory import add_domains, create_model
+from ..models.factory import add_domains
 from ..objectives.pseudolabel import PseudoLabelObjective
 from ..objectives.ssl import SSL_METHODS, CollapseDetector, SSLObjective, build_ssl_objective
 from ..objectives.ssl_config import MonitorConfig, PretrainConfig
@@ -41,7 +41,10 @@ from ..pseudolabels.targets import (
     class_counts,
     read_label_table,
 )
+from .build import build_model, check_model
 from .checkpoint import save_weights
+from .lock import RunLock
+from .resume import PRETRAIN_STATE_KEYS, check_resume
 from .trainer import Trainer, check_train_config, make_accelerator, resolve_epochs
 
 logger = logging.getLogger(__name__)
@@ -199,28 +202,28 @@ def _write_json(path: Path, obj) -> None:
 def check_objectives(cfg: PretrainConfig) -> None:
     ssl_on = cfg.ssl.method != "none"
     if ssl_on and cfg.ssl.method not in SSL_METHODS:
-        raise ValueError(f"unknown ssl.method {cfg.ssl.method!r}; choose from {', '.join(sorted(SSL_METHODS))}, none")
+        raise ConfigError(f"unknown ssl.method {cfg.ssl.method!r}; choose from {', '.join(sorted(SSL_METHODS))}, none")
     if not ssl_on and not cfg.pseudolabel.labels:
-        raise ValueError("nothing to train: ssl.method=none needs pseudolabel.labels=<pseudolabel output_dir>")
+        raise ConfigError("nothing to train: ssl.method=none needs pseudolabel.labels=<pseudolabel output_dir>")
     if ssl_on and cfg.views.n_views < 2:
-        raise ValueError(f"views.n_views must be >= 2 for SSL, got {cfg.views.n_views}")
+        raise ConfigError(f"views.n_views must be >= 2 for SSL, got {cfg.views.n_views}")
     if cfg.views.n_views < 1:
-        raise ValueError(f"views.n_views must be >= 1, got {cfg.views.n_views}")
+        raise ConfigError(f"views.n_views must be >= 1, got {cfg.views.n_views}")
     if cfg.monitor.knn_every and not (cfg.monitor.knn_dataset or cfg.data.datasets):
-        raise ValueError("the online kNN needs a labeled MedMNIST dataset: set monitor.knn_dataset=<flag> "
+        raise ConfigError("the online kNN needs a labeled MedMNIST dataset: set monitor.knn_dataset=<flag> "
                          "or monitor.knn_every=0")
     if cfg.data.balance_datasets and cfg.pseudolabel.labels and cfg.pseudolabel.balanced:
-        raise ValueError("data.balance_datasets and pseudolabel.balanced both choose the sampling: set one to false")
+        raise ConfigError("data.balance_datasets and pseudolabel.balanced both choose the sampling: set one to false")
     if cfg.pseudolabel.recluster_every < 0:
-        raise ValueError(f"pseudolabel.recluster_every must be >= 0, got {cfg.pseudolabel.recluster_every}")
+        raise ConfigError(f"pseudolabel.recluster_every must be >= 0, got {cfg.pseudolabel.recluster_every}")
 
 
 def check_predictor_lr(cfg: PretrainConfig, objective: SSLObjective | None) -> None:
     scale = cfg.ssl.predictor_lr_scale
     if scale <= 0:
-        raise ValueError(f"ssl.predictor_lr_scale must be > 0, got {scale}")
+        raise ConfigError(f"ssl.predictor_lr_scale must be > 0, got {scale}")
     if scale != 1.0 and not hasattr(objective, "predictor"):
-        raise ValueError(f"ssl.predictor_lr_scale={scale} needs a method with a predictor (byol, mocov3), "
+        raise ConfigError(f"ssl.predictor_lr_scale={scale} needs a method with a predictor (byol, mocov3), "
                          f"not ssl.method={cfg.ssl.method}")
 
 
@@ -240,7 +243,7 @@ def pseudolabel_head_size(cfg: PretrainConfig, labels: np.ndarray) -> tuple[int,
     in_file = int(labels.max()) + 1
     k = cfg.pseudolabel.recluster_k or in_file
     if k < 2:
-        raise ValueError(f"pseudolabel.recluster_k must be >= 2, got {k}")
+        raise ConfigError(f"pseudolabel.recluster_k must be >= 2, got {k}")
     return max(in_file, k), k
 
 
@@ -271,8 +274,9 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     label_table = read_label_table(cfg.pseudolabel.labels) if cfg.pseudolabel.labels else None
     for flag in cfg.data.datasets:
         dataset_info(flag)  # unknown flags fail before any output
-    if cfg.resume and Path(cfg.resume).resolve() != out.resolve():
-        raise ValueError(f"resume={cfg.resume} must equal output_dir={cfg.output_dir} (a run continues in place)")
+    check_model(cfg.model)
+    if cfg.resume:
+        check_resume(cfg, PRETRAIN_STATE_KEYS)
     if cfg.data.label_fraction < 1.0:
         logger.warning("pretraining ignores data.label_fraction=%s: all train images are used unlabeled",
                        cfg.data.label_fraction)
@@ -282,7 +286,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     dataset = parts = train_dataset(data, lambda dim: MultiViewTransform(cfg.views, dim), cfg.seed)
     bases = [part.base for part in dataset.datasets]
     n_samples = {base.info.flag: len(base) for base in bases}
-    model = create_model(cfg.model, [base.info for base in bases], data.size)
+    model = build_model(cfg.model, [base.info for base in bases], data.size)
     add_domains(model, sorted({d for base in bases for d in getattr(base, "domains", [])}))
     objective = build_ssl_objective(cfg.ssl.method, model, cfg.ssl) if cfg.ssl.method != "none" else None
     check_predictor_lr(cfg, objective)
@@ -299,8 +303,15 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     if cfg.monitor.knn_every and accelerator.is_main_process:
         knn = KnnProbe(data, cfg.monitor, cfg.train.batch_size)
     monitor = PretrainMonitor(cfg, accelerator, knn)
+    with RunLock(out, enabled=accelerator.is_main_process):  # the first write: one run per output_dir
+        return fit_and_export(cfg, train, objective, loader, accelerator, monitor, reclustering, n_samples)
+
+
+def fit_and_export(cfg: PretrainConfig, train: TrainConfig, objective: torch.nn.Module, loader, accelerator: Accelerator,
+                   monitor: PretrainMonitor, reclustering: Reclustering | None, n_samples: dict[str, int]) -> dict:
+    """Train with the encoder exported each epoch; metrics.json and train_stats.json at the end."""
+    out = Path(cfg.output_dir)
     if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
 
     def export(encoder: torch.nn.Module, output_dir: Path) -> None:

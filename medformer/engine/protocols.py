@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..config import ConfigError
+
 MODES = ("full", "linear_probe", "head_only")
 
 # Trainable parameter-name prefixes per (architecture, mode); everything else is frozen.
@@ -24,7 +26,7 @@ def _is_medformer(model: nn.Module) -> bool:
 
 def check_mode(mode: str) -> str:
     if mode not in MODES:
-        raise ValueError(f"finetune_mode must be one of {', '.join(MODES)}, got {mode!r}")
+        raise ConfigError(f"finetune_mode must be one of {', '.join(MODES)}, got {mode!r}")
     return mode
 
 
@@ -86,8 +88,8 @@ def layer_decay_scales(model: nn.Module, decay: float) -> dict[str, float]:
     if decay == 1.0:
         return {name: 1.0 for name, _ in model.named_parameters()}
     if not 0.0 < decay <= 1.0:
-        raise ValueError(f"train.layer_decay must be in (0, 1], got {decay}")
+        raise ConfigError(f"train.layer_decay must be in (0, 1], got {decay}")
     if not _is_medformer(model):
-        raise ValueError("train.layer_decay is implemented for Medformer models only; use 1.0 for CNNs")
+        raise ConfigError("train.layer_decay is implemented for Medformer models only; use 1.0 for CNNs")
     depth = len(model.blocks)
     return {name: decay ** (depth + 1 - medformer_layer_id(name, depth)) for name, _ in model.named_parameters()}

@@ -22,16 +22,18 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..config import TrainConfig
-from .checkpoint import load_weights, save_weights, swap_dir
+from ..config import ConfigError, TrainConfig
+from ..errors import UserError
+from .checkpoint import CheckpointError, load_weights, save_weights, swap_dir
 
 STATE_FILE = "trainer_state.json"
 SCHEDULER_FILE = "scheduler.pt"
 EMA_FILE = "ema.safetensors"
 
 
-class NonFiniteLossError(RuntimeError):
-    """Raised when a loss becomes NaN or inf; the last good checkpoint is kept."""
+class NonFiniteLossError(UserError):
+    """Raised when a loss becomes NaN or inf (too high a learning rate, bad inputs); checkpoints
+    written before it are kept."""
 
 
 def make_accelerator(train: TrainConfig, output_dir: str | Path, log: bool = True) -> Accelerator:
@@ -54,11 +56,11 @@ def make_accelerator(train: TrainConfig, output_dir: str | Path, log: bool = Tru
 def check_train_config(train: TrainConfig) -> None:
     """Reject schedule settings that cannot work (called before a run writes anything)."""
     if train.schedule not in ("cosine", "onecycle", "constant"):
-        raise ValueError(f"train.schedule must be cosine, onecycle or constant, got {train.schedule!r}")
+        raise ConfigError(f"train.schedule must be cosine, onecycle or constant, got {train.schedule!r}")
     if train.schedule_by not in ("steps", "time"):
-        raise ValueError(f"train.schedule_by must be steps or time, got {train.schedule_by!r}")
+        raise ConfigError(f"train.schedule_by must be steps or time, got {train.schedule_by!r}")
     if train.schedule_by == "time" and train.max_minutes is None:
-        raise ValueError("train.schedule_by=time needs a budget: set train.max_minutes (or ssl.max_minutes)")
+        raise ConfigError("train.schedule_by=time needs a budget: set train.max_minutes (or ssl.max_minutes)")
 
 
 def resolve_epochs(train: TrainConfig, n_train: int, n_datasets: int = 1) -> None:
@@ -102,7 +104,7 @@ def build_optimizer(
         for (flat, scale), params in sorted(groups.items(), key=lambda kv: (-kv[0][1], kv[0][0]))
     ]
     if not param_groups:
-        raise ValueError("no trainable parameters: every parameter is frozen")
+        raise UserError("no trainable parameters: every parameter is frozen (check finetune_mode)")
     check_train_config(train)
     optimizer = torch.optim.AdamW(param_groups, lr=train.lr)
     if train.schedule == "onecycle":
@@ -131,6 +133,21 @@ class TrainerState:
     epochs_without_improvement: int = 0
     samples_seen: int = 0
     train_seconds: float = 0.0
+
+    def to_json(self) -> str:
+        """Valid JSON: a best_metric of -inf (nothing evaluated yet) or NaN is written as null."""
+        state = dict(self.__dict__)
+        if not math.isfinite(state["best_metric"]):
+            state["best_metric"] = None
+        return json.dumps(state)
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainerState:
+        state = json.loads(text)
+        if state.get("best_metric") is None:
+            # best_epoch < 0: nothing evaluated yet (-inf); else the first val score was NaN
+            state["best_metric"] = -math.inf if state.get("best_epoch", -1) < 0 else math.nan
+        return cls(**state)
 
 
 class Trainer:
@@ -212,7 +229,7 @@ class Trainer:
             if self.ema is not None:
                 save_weights(self.ema.module, tmp / EMA_FILE)
             (tmp / "history.json").write_text(json.dumps(self.history))
-            (tmp / STATE_FILE).write_text(json.dumps(self.state.__dict__))  # written last: marks it complete
+            (tmp / STATE_FILE).write_text(self.state.to_json())  # written last: marks it complete
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
             swap_dir(tmp, self.last_dir)
@@ -221,10 +238,10 @@ class Trainer:
     def resume(self, run_dir: str | Path) -> None:
         last = Path(run_dir) / "checkpoints" / "last"
         if not (last / STATE_FILE).is_file():
-            raise FileNotFoundError(f"nothing to resume: {last / STATE_FILE} does not exist")
+            raise CheckpointError(f"nothing to resume: {last / STATE_FILE} does not exist")
         self.acc.load_state(str(last))
         self.scheduler.load_state_dict(torch.load(last / SCHEDULER_FILE, weights_only=True))
-        self.state = TrainerState(**json.loads((last / STATE_FILE).read_text()))
+        self.state = TrainerState.from_json((last / STATE_FILE).read_text())
         if self.ema is not None:
             load_weights(self.ema.module, last / EMA_FILE, strict=True)
         history = last / "history.json"
@@ -284,9 +301,17 @@ class Trainer:
         if bad.item() > 0:
             values = {k: float(v.detach()) for k, v in losses.items()}
             raise NonFiniteLossError(
-                f"loss became non-finite at step {self.state.step} ({values}); "
-                f"last good checkpoint kept in {self.last_dir}. Lower train.lr or check the inputs."
+                f"loss became non-finite at step {self.state.step} ({values}); {self._saved_checkpoint()}. "
+                "Lower train.lr or check the inputs."
             )
+
+    def _saved_checkpoint(self) -> str:
+        """What the run leaves to resume from, for the non-finite loss message."""
+        state = self.last_dir / STATE_FILE
+        if not state.is_file():
+            return "no checkpoint was written before it (train.checkpoint_every=N keeps one every N steps)"
+        step = TrainerState.from_json(state.read_text()).step
+        return f"the last good checkpoint (step {step}) is in {self.last_dir}: continue it with resume={self.output_dir}"
 
     def fit(self) -> dict:
         """Train to the end (or max_steps), evaluating each epoch; returns the last val metrics."""
@@ -392,7 +417,7 @@ class Trainer:
             "steps": st.step,
             "epochs_completed": st.epoch,
             "best_epoch": st.best_epoch,
-            "best_val_score": st.best_metric,
+            "best_val_score": st.best_metric if math.isfinite(st.best_metric) else None,
             "train_seconds": round(st.train_seconds, 2),
             "train_samples_per_second": round(st.samples_seen / st.train_seconds, 1) if st.train_seconds else None,
             "peak_memory_mb": round(peak_memory_mb(), 1),

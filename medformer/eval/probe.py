@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from ..config import DataConfig, ModelConfig
 from ..data.batch import collate
 from ..data.domains import BINARY, MULTI_LABEL, dataset_info
+from ..errors import UserError
 from .metrics import medmnist_metrics
 
 logger = logging.getLogger(__name__)
@@ -152,7 +153,7 @@ class PixelEncoder(nn.Module):
 
     def encode(self, inputs) -> torch.Tensor:
         if len(inputs.groups) != 1:
-            raise ValueError("init=pixels needs images of one shape per batch; probe one dataset at a time")
+            raise UserError("init=pixels needs images of one shape per batch; probe one dataset at a time")
         ((images, rows),) = inputs.groups
         return images.flatten(1)[torch.argsort(rows)]  # back to batch order
 
@@ -202,7 +203,7 @@ def run_probe(
 
     bad = [m for m in methods if m not in ("linear", "knn")]
     if bad:
-        raise ValueError(f"unknown probe method {bad[0]!r}; use linear and/or knn")
+        raise UserError(f"unknown probe method {bad[0]!r}; use linear and/or knn")
     infos = [dataset_info(f) for f in datasets]
     from_checkpoint = init not in ("scratch", "pixels")
     model_cfg = model_cfg or (_model_config_of(init) if from_checkpoint else None) or ModelConfig()

@@ -9,7 +9,14 @@ import logging
 import sys
 from pathlib import Path
 
-from ..config import ModelConfig
+from ..config import ModelConfig, Range
+from ..errors import UserError
+
+# bounds of the numeric options (None: option not given)
+OPTION_RANGES = {
+    "size": Range(ge=1), "max_train": Range(ge=1), "k": Range(ge=1), "temperature": Range(gt=0.0),
+    "C": Range(gt=0.0), "batch_size": Range(ge=1), "seed": Range(ge=0),
+}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -33,6 +40,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """A numeric option out of its range stops with a one-line UserError naming it."""
+    for name, bounds in OPTION_RANGES.items():
+        value = getattr(args, name)
+        if value is not None and not bounds.holds(value):
+            raise UserError(f"--{name.replace('_', '-')} must be {bounds}, got {value}")
+
+
 def format_table(results: dict) -> str:
     rows = ["dataset          method  split  auc     acc"]
     for flag, per_method in results.items():
@@ -46,21 +61,21 @@ def format_table(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..data.medmnist import DataError
-    from ..engine.checkpoint import CheckpointError
+    from ..cli import user_errors
     from .probe import run_probe
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     try:
+        check_args(args)
         results = run_probe(
             args.init, args.datasets, root=args.root,
             model_cfg=ModelConfig(name=args.model) if args.model else None, size=args.size,
             splits=args.splits, methods=args.methods, batch_size=args.batch_size,
             max_train=args.max_train, k=args.k, temperature=args.temperature, C=args.C, seed=args.seed,
         )
-    except (CheckpointError, DataError, ValueError, FileNotFoundError, KeyError) as e:
-        print(f"probe: error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
+    except user_errors() as e:
+        print(f"probe: error: {e}", file=sys.stderr)
         return 2
     print(format_table(results))
     if args.out:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..config import ConfigError
 from ..data.domains import MULTI_LABEL
 
 CLASS_WEIGHTS = {"none": 0.0, "sqrt": 0.5, "balanced": 1.0}
@@ -21,7 +22,7 @@ def class_weights(labels: np.ndarray, task: str, n_classes: int, mode: str) -> t
     Classes absent from `labels` get weight 0 (their loss term never occurs anyway).
     """
     if mode not in CLASS_WEIGHTS:
-        raise ValueError(f"class_weights must be one of {', '.join(CLASS_WEIGHTS)}, got {mode!r}")
+        raise ConfigError(f"class_weights must be one of {', '.join(CLASS_WEIGHTS)}, got {mode!r}")
     power = CLASS_WEIGHTS[mode]
     if power == 0.0:
         return None

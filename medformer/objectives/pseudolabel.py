@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data.batch import Inputs
+from ..errors import UserError
 from .ssl import SSLObjective
 from .ssl.dist import sync_batchnorm, world_size
 
@@ -41,7 +42,7 @@ class PseudoLabelObjective(nn.Module):
                  label_smoothing: float = 0.0, sync_bn: bool = True):
         super().__init__()
         if n_classes < 2:
-            raise ValueError(f"pseudo-label classification needs >= 2 classes, got {n_classes}")
+            raise UserError(f"pseudo-label classification needs >= 2 classes, got {n_classes}")
         model.add_task(TASK, n_classes)
         if ssl is None:
             self.model = sync_batchnorm(model) if sync_bn else model

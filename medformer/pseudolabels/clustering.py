@@ -8,6 +8,8 @@ from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
 
+from ..errors import UserError
+
 log = logging.getLogger(__name__)
 
 MINIBATCH_ABOVE = 20_000  # samples; full k-means is exact but slow beyond this
@@ -44,7 +46,7 @@ def cluster_grid(x: np.ndarray, ks: list[int], seed: int = 0) -> dict[int, dict]
             labels = km.fit_predict(x)
         out[k] = {"inertia": float(km.inertia_), "labels": labels.astype(np.int64)}
     if not out:
-        raise ValueError(f"no k in {sorted(set(ks))} fits {len(x)} samples (need 2 <= k < n_samples)")
+        raise UserError(f"no k in {sorted(set(ks))} fits {len(x)} samples (need 2 <= k < n_samples)")
     return out
 
 

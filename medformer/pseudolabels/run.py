@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
-from ..config import save_config
+from ..config import ConfigError, save_config
 from ..data.dicom import DicomConfig, DicomDataset, check_dicom_dir, ingest_dicom
 from ..data.medmnist import MedMNISTDataset
 from .clustering import (
@@ -109,7 +109,7 @@ def dicom_pool(data: PseudoLabelDataConfig, output_dir: Path) -> Pool:
     index = ingest_dicom(Path(data.dicom_dir), cache, data.dicom)
     dims = [d for d in ("2d", "3d") if any(r.dim == d for r in index.records)]
     if not dims:
-        raise ValueError(f"no usable DICOM images in {data.dicom_dir}; see {cache / 'skipped.csv'}")
+        raise ConfigError(f"no usable DICOM images in {data.dicom_dir}; see {cache / 'skipped.csv'}")
     parts = [DicomDataset(cache, d) for d in dims]
     order = np.concatenate([p.sample_indices for p in parts])
     records = [index.records[i] for i in order]
@@ -126,7 +126,7 @@ def check_pool_source(cfg: PseudoLabelConfig) -> None:
     """Fail before anything is written: exactly one source, and a DICOM folder must hold files."""
     data = cfg.data
     if bool(data.datasets) == bool(data.dicom_dir):
-        raise ValueError("set exactly one of data.datasets (MedMNIST flags) or data.dicom_dir")
+        raise ConfigError("set exactly one of data.datasets (MedMNIST flags) or data.dicom_dir")
     if data.dicom_dir:
         check_dicom_dir(data.dicom_dir, dicom_cache_dir(data, Path(cfg.output_dir)))
 
@@ -168,13 +168,13 @@ def cluster_pool(cfg: PseudoLabelConfig, pool: Pool, x: np.ndarray) -> Clusterin
     """k-means grid, elbow, quality per k, entropy-based dropping at the chosen k."""
     attribute = cfg.entropy_attribute or ("dataset" if "dataset" in pool.attributes else "modality")
     if attribute not in pool.attributes:
-        raise ValueError(f"entropy_attribute {attribute!r} unknown; use one of {sorted(pool.attributes)}")
+        raise ConfigError(f"entropy_attribute {attribute!r} unknown; use one of {sorted(pool.attributes)}")
     grid = cluster_grid(x, list(cfg.ks) + ([cfg.k] if cfg.k else []), cfg.seed)
     ks = sorted(grid)
     inertias = [grid[k]["inertia"] for k in ks]
     elbow_k = choose_k_elbow(ks, inertias)
     if cfg.k is not None and cfg.k not in grid:
-        raise ValueError(f"k={cfg.k} does not fit {len(x)} samples")
+        raise ConfigError(f"k={cfg.k} does not fit {len(x)} samples")
     chosen = cfg.k or elbow_k
     quality = {k: cluster_quality(grid[k]["labels"], pool.attributes, x) for k in ks}
     raw = grid[chosen]["labels"]

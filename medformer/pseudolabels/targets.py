@@ -15,6 +15,7 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from ..data.loaders import EpochConcat, SeededTransform
 from ..data.samplers import EpochWeightedSampler
+from ..errors import UserError
 from .clustering import cluster_grid
 from .features import embed, fuse
 
@@ -24,7 +25,7 @@ UNLABELED = -1  # dropped by the entropy filter, or not in the clustered pool
 DICOM = "dicom"  # source of DICOM samples in label-table keys
 
 
-class PseudoLabelError(ValueError):
+class PseudoLabelError(UserError):
     """A labels folder that cannot be used for this pretraining run."""
 
 

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config import ConfigError
 from .config import StudyConfig
 
 SPECIAL_INITS = ("scratch", "imagenet")
@@ -44,7 +45,7 @@ def enumerate_cells(cfg: StudyConfig) -> list[Cell]:
     ids = [c.id for c in cells]
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
-        raise ValueError(f"two study cells share the folder name {dup!r}: make init names and values distinct")
+        raise ConfigError(f"two study cells share the folder name {dup!r}: make init names and values distinct")
     return cells
 
 

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError
+from ..config import ConfigError, ranged
+from ..errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_BASELINES = "../shared/reference/published_baselines.csv"  # relative to the repository
@@ -16,14 +17,14 @@ ISOLATIONS = ("subprocess", "workers", "inprocess")
 @dataclass
 class StudyDataConfig:
     root: str | None = None  # MedMNIST npz folder (else $MEDMNIST_ROOT, ~/.medmnist)
-    size: int = 28
+    size: int = ranged(28, ge=1)
     datasets: list[str] = field(default_factory=lambda: ["pneumoniamnist"])
 
 
 @dataclass
 class ExplainConfig:
     enabled: bool = True
-    per_group: int = 2  # test images per TP/FP/FN/TN group (correct/wrong for non-binary tasks)
+    per_group: int = ranged(2, ge=1)  # test images per TP/FP/FN/TN group (correct/wrong for non-binary tasks)
 
 
 @dataclass
@@ -51,8 +52,8 @@ class StudyConfig:
     # subprocess: a `python -m finetune` process per cell; workers: `jobs` long-lived processes that
     # each run cells one after another (no per-cell import cost); inprocess: this process (tests)
     isolation: str = "subprocess"
-    jobs: int = 1  # cells run at once (subprocess and workers isolation)
-    threads: int | None = None  # torch/OMP threads per cell; null: inherit
+    jobs: int = ranged(1, ge=1)  # cells run at once (subprocess and workers isolation)
+    threads: int | None = ranged(None, ge=1)  # torch/OMP threads per cell; null: inherit
     retry_failed: bool = True  # rerun failed cells on the next invocation
     keep_resume_state: bool = False  # keep cells/<id>/checkpoints/last after a cell is done (~12 MB each, small model)
     explain: ExplainConfig = field(default_factory=ExplainConfig)
@@ -99,12 +100,12 @@ def validate_stages(cfg: StudyConfig) -> None:
         for name, stage in getattr(cfg, kind).items():
             try:
                 check_stage(cfg, kind, name, stage)
-            except (ConfigError, ValueError) as e:
+            except UserError as e:
                 raise ConfigError(f"study stage {kind}.{name}: {e}") from None
     try:
         for value in cfg.inits.values():
             resolve_reference(cfg, value)
-    except ValueError as e:
+    except UserError as e:
         raise ConfigError(f"study config key 'inits': {e}") from None
 
 

@@ -29,7 +29,7 @@ def cell_row(cell: Cell, directory: Path) -> dict:
     status = read_status(directory) or {}
     metrics = (_read_json(directory / "metrics.json") or {}).get(cell.dataset, {})
     stats = _read_json(directory / "train_stats.json") or {}
-    done = bool(metrics)
+    done = bool(metrics) and status.get("status") == "done"  # metrics of a cut-short run are not a result
     row: dict = {
         "cell_id": cell.id, "init": cell.init_name, "init_source": cell.init, "model": cell.model,
         "dataset": cell.dataset, "fraction": cell.fraction, "seed": cell.seed, "mode": cell.mode,

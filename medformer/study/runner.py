@@ -1,7 +1,7 @@
 """Run the cells of a study: each a normal fine-tune in `output_dir/cells/<cell-id>/`.
 
-Resumable: a cell with metrics.json is skipped, an interrupted one resumes from its last
-checkpoint, a failed one is recorded in its status.json with the one-line error (and retried
+Resumable: a cell whose status.json records it done is skipped, an interrupted one resumes from
+its last checkpoint, a failed one is recorded in its status.json with the one-line error (and retried
 on the next invocation when `retry_failed`); the study always goes on to the next cell.
 """
 
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..lifeline import child_env, die_with_parent
 from .cells import SPECIAL_INITS, Cell, cell_overrides, resolve_init
 from .config import StudyConfig
 
@@ -41,8 +42,15 @@ def cell_dir(cfg: StudyConfig, cell: Cell) -> Path:
     return Path(cfg.output_dir) / "cells" / cell.id
 
 
-def is_done(directory: Path) -> bool:
+def has_metrics(directory: Path) -> bool:
     return (directory / "metrics.json").is_file()
+
+
+def is_done(directory: Path) -> bool:
+    """Done once its completion record says so: a metrics.json alone may be from a run cut short
+    before the study recorded it (killed study), or from a failed attempt."""
+    status = read_status(directory)
+    return has_metrics(directory) and status is not None and status["status"] == "done"
 
 
 def read_status(directory: Path) -> dict | None:
@@ -68,8 +76,9 @@ def _write_status(directory: Path, cell: Cell, status: str, error: str | None, s
 
 def precheck(cfg: StudyConfig, cell: Cell, overrides: list[str]) -> str | None:
     """The one-line error a cell would stop with on its config or init, found without running it."""
-    from ..config import ConfigError, FinetuneConfig, load_config
-    from ..engine.checkpoint import CheckpointError, find_weights
+    from ..cli import user_errors
+    from ..config import FinetuneConfig, load_config
+    from ..engine.checkpoint import find_weights
     from ..engine.finetune import check_init
 
     try:
@@ -77,7 +86,7 @@ def precheck(cfg: StudyConfig, cell: Cell, overrides: list[str]) -> str | None:
         check_init(fcfg)
         if cell.init not in SPECIAL_INITS:
             find_weights(resolve_init(cell.init))
-    except (ConfigError, CheckpointError, ValueError) as e:
+    except user_errors() as e:
         return f"{ERROR_PREFIX} {e}"
     return None
 
@@ -97,7 +106,7 @@ def run_subprocess(cfg: StudyConfig, overrides: list[str], directory: Path) -> s
     if cfg.base_config:
         cmd += ["--config", cfg.base_config]
     cmd += overrides
-    env = dict(os.environ)
+    env = child_env(dict(os.environ))  # the cell dies with the study (kill -9 included)
     if cfg.threads:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(cfg.threads)
     directory.mkdir(parents=True, exist_ok=True)
@@ -114,20 +123,17 @@ def run_inprocess(cfg: StudyConfig, overrides: list[str], directory: Path) -> st
     import torch
     from accelerate.state import AcceleratorState, GradientState
 
-    from ..cli import USER_ERRORS
+    from ..cli import user_errors
     from ..config import FinetuneConfig, load_config
-    from ..engine.checkpoint import CheckpointError
     from ..engine.finetune import run_finetune
-    from ..engine.trainer import NonFiniteLossError
 
     threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
         run_finetune(load_config(FinetuneConfig, cfg.base_config, overrides))
-    except (*USER_ERRORS, CheckpointError, NonFiniteLossError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        return f"{ERROR_PREFIX} {msg}"
+    except user_errors() as e:
+        return f"{ERROR_PREFIX} {e}"
     except Exception as e:  # noqa: BLE001 - a crashing cell is recorded, the study goes on
         return f"{type(e).__name__}: {e}"
     finally:
@@ -157,23 +163,22 @@ def run_in_worker(cfg: StudyConfig, overrides: list[str], directory: Path) -> st
 def run_knn(cfg: StudyConfig, overrides: list[str], directory: Path) -> str | None:
     """A `knn` cell, in this process: kNN of the frozen encoder, the cell's labeled train images as
     the bank, scored on val and test; metrics.json like a fine-tune's (no training, no history)."""
-    from ..cli import USER_ERRORS
-    from ..config import FinetuneConfig, load_config
-    from ..engine.checkpoint import CheckpointError
+    from ..cli import user_errors
+    from ..config import ConfigError, FinetuneConfig, load_config
     from ..eval.probe import run_probe
 
     try:
         fcfg = load_config(FinetuneConfig, cfg.base_config, overrides)
         if fcfg.init == "imagenet":
-            raise ValueError("knn cells need init=scratch or a checkpoint, not imagenet")
+            raise ConfigError("knn cells need init=scratch or a checkpoint, not imagenet")
         flag, t0 = fcfg.data.datasets[0], time.perf_counter()
         result = run_probe(
             fcfg.init, [flag], root=fcfg.data.root, model_cfg=fcfg.model if fcfg.init == "scratch" else None,
             size=fcfg.data.size, methods=("knn",), max_train=fcfg.data.max_train_samples,
             label_fraction=fcfg.data.label_fraction, seed=fcfg.seed,
         )
-    except (*USER_ERRORS, CheckpointError) as e:
-        return f"{ERROR_PREFIX} {e.args[0] if isinstance(e, KeyError) and e.args else e}"
+    except user_errors() as e:
+        return f"{ERROR_PREFIX} {e}"
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "train_stats.json").write_text(json.dumps({"train_seconds": round(time.perf_counter() - t0, 2)}))
     (directory / "metrics.json").write_text(json.dumps({flag: result[flag]["knn"]}, indent=1))
@@ -199,7 +204,7 @@ def run_cell(
     if error is None:
         log(f"{'resume' if resume else 'run'} {cell.id}")
         error = (run_knn if cell.mode == "knn" else train)(cfg, overrides, directory)
-        if error is None and not is_done(directory):
+        if error is None and not has_metrics(directory):
             error = "finished without metrics.json"
     seconds = time.perf_counter() - t0
     result = "failed" if error else "done"
@@ -230,7 +235,9 @@ def run_cells(cfg: StudyConfig, cells: list[Cell], log: Callable[[str], None] | 
     with contextlib.ExitStack() as stack:
         train = run_subprocess
         if cfg.isolation == "workers":
-            workers = stack.enter_context(ProcessPoolExecutor(cfg.jobs, mp_context=multiprocessing.get_context("spawn")))
+            workers = stack.enter_context(ProcessPoolExecutor(
+                cfg.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=die_with_parent, initargs=(os.getpid(),)
+            ))
             train = lambda *args: workers.submit(run_in_worker, *args).result()  # noqa: E731
         pool = stack.enter_context(ThreadPoolExecutor(cfg.jobs))
         return list(pool.map(lambda c: run_cell(cfg, c, log, train), cells))

@@ -27,6 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from ..config import ConfigError
+from ..lifeline import child_env
 from .cells import flatten, format_value
 from .config import REPO_ROOT, StageConfig, StudyConfig
 
@@ -46,7 +48,7 @@ def resolve_reference(cfg: StudyConfig, value: Any) -> Any:
     if not sep or kind not in KINDS:
         return value
     if name not in getattr(cfg, kind):
-        raise ValueError(f"{value!r} names no stage: the study declares {kind} {sorted(getattr(cfg, kind)) or 'none'}")
+        raise ConfigError(f"{value!r} names no stage: the study declares {kind} {sorted(getattr(cfg, kind)) or 'none'}")
     return str(stage_dir(cfg, kind, name))
 
 
@@ -78,8 +80,8 @@ def stage_command(cfg: StudyConfig, kind: str, name: str, stage: StageConfig) ->
 
 
 def check_stage(cfg: StudyConfig, kind: str, name: str, stage: StageConfig) -> None:
-    """Load the stage's config with its overrides (ConfigError/ValueError on any mistake)."""
-    from ..config import ConfigError, load_config
+    """Load the stage's config with its overrides (a UserError on any mistake)."""
+    from ..config import load_config
     from ..objectives.ssl_config import PretrainConfig
     from ..pseudolabels.run import PseudoLabelConfig
 
@@ -96,7 +98,7 @@ def run_stage(cfg: StudyConfig, kind: str, name: str, stage: StageConfig, log: C
         log(f"skip {kind}/{name} (done)")
         return True
     cmd = stage_command(cfg, kind, name, stage)
-    env = dict(os.environ)
+    env = child_env(dict(os.environ))  # the stage dies with the study
     if cfg.threads:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(cfg.threads)
     out.mkdir(parents=True, exist_ok=True)

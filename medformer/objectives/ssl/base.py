@@ -11,6 +11,7 @@ from lightly.models.utils import update_momentum
 from lightly.utils.scheduler import cosine_schedule
 from torch import Tensor, nn
 
+from ...config import ConfigError
 from ...data.batch import Inputs
 from ..ssl_config import SSLConfig
 
@@ -146,7 +147,7 @@ def build_ssl_objective(name: str, model: nn.Module, cfg: SSLConfig | None = Non
     from .dist import sync_batchnorm
 
     if name not in SSL_METHODS:
-        raise ValueError(f"unknown ssl.method {name!r}; choose from {', '.join(sorted(SSL_METHODS))}")
+        raise ConfigError(f"unknown ssl.method {name!r}; choose from {', '.join(sorted(SSL_METHODS))}")
     cfg = cfg or SSLConfig(method=name)
     objective = SSL_METHODS[name](model, cfg)
     if cfg.sync_batchnorm:
