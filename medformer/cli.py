@@ -20,14 +20,6 @@ def parse_run_args(argv: list[str] | None, prog: str) -> tuple[str | None, list[
     return args.config, args.overrides
 
 
-def user_errors() -> tuple[type[Exception], ...]:
-    """Errors a user causes by input: one line and exit code 2. Anything else is a bug and keeps its
-    traceback. (DataError is listed until it derives from UserError.)"""
-    from .data.medmnist import DataError
-
-    return (UserError, DataError)
-
-
 def run_entry(schema: type, run: Callable, argv: list[str] | None, prog: str) -> int:
     """Load and validate the config, run, turn user errors into one-line messages."""
     die_with_parent_from_env()
@@ -36,7 +28,7 @@ def run_entry(schema: type, run: Callable, argv: list[str] | None, prog: str) ->
     try:
         cfg = load_config(schema, config, overrides)
         run(cfg)
-    except user_errors() as e:
+    except UserError as e:  # input mistakes: one line, exit 2; anything else is a bug and keeps its traceback
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     return 0

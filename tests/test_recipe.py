@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_finetune import max_weight_diff, run
 
 from medformer.config import ConfigError, FinetuneConfig, TrainConfig, load_config
 from medformer.data.domains import BINARY, MULTI_CLASS, MULTI_LABEL, ORDINAL
 from medformer.engine.trainer import resolve_epochs
 from medformer.models.heads import task_loss
 from medformer.objectives.class_balance import class_weights
-
-from test_finetune import max_weight_diff, run
 
 
 def test_balanced_weights_give_every_class_the_same_total_weight():
@@ -89,8 +88,8 @@ def test_enum_keys_fail_at_load_with_the_choices():
 def test_class_weights_reach_the_loss_of_a_real_run(shared_root, tmp_path):
     """A run with balanced weights on BreastMNIST (27% malignant) writes metrics and trains; its
     objective holds the weights computed from the training labels."""
-    from medformer.engine.finetune import train_class_weights
     from medformer.data.loaders import augment_factory, train_dataset
+    from medformer.engine.finetune import train_class_weights
 
     cfg = load_config(FinetuneConfig, None, [f"data.root={shared_root}", "data.datasets=[breastmnist]"])
     weights = train_class_weights(train_dataset(cfg.data, augment_factory(cfg.augment), 0), "balanced")

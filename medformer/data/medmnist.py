@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from medformer.data.domains import MULTI_LABEL, DatasetInfo, dataset_info
+from ..errors import UserError
+from .domains import MULTI_LABEL, DatasetInfo, dataset_info
 
 SPLITS = ("train", "val", "test")
 MMAP_THRESHOLD = 256 * 2**20  # npz files larger than this are extracted to .npy and memory-mapped
@@ -36,7 +37,7 @@ _CHUNK = 1 << 20
 _MD5_CACHE: dict[tuple, str] = {}
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A user-facing data problem; the message says what is wrong and how to fix it."""
 
 

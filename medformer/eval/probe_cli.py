@@ -61,7 +61,6 @@ def format_table(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..cli import user_errors
     from .probe import run_probe
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -74,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             splits=args.splits, methods=args.methods, batch_size=args.batch_size,
             max_train=args.max_train, k=args.k, temperature=args.temperature, C=args.C, seed=args.seed,
         )
-    except user_errors() as e:
+    except UserError as e:
         print(f"probe: error: {e}", file=sys.stderr)
         return 2
     print(format_table(results))

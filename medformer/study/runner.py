@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..errors import UserError
 from ..lifeline import child_env, die_with_parent
 from .cells import SPECIAL_INITS, Cell, cell_overrides, resolve_init
 from .config import StudyConfig
@@ -76,7 +77,6 @@ def _write_status(directory: Path, cell: Cell, status: str, error: str | None, s
 
 def precheck(cfg: StudyConfig, cell: Cell, overrides: list[str]) -> str | None:
     """The one-line error a cell would stop with on its config or init, found without running it."""
-    from ..cli import user_errors
     from ..config import FinetuneConfig, load_config
     from ..engine.checkpoint import find_weights
     from ..engine.finetune import check_init
@@ -86,7 +86,7 @@ def precheck(cfg: StudyConfig, cell: Cell, overrides: list[str]) -> str | None:
         check_init(fcfg)
         if cell.init not in SPECIAL_INITS:
             find_weights(resolve_init(cell.init))
-    except user_errors() as e:
+    except UserError as e:
         return f"{ERROR_PREFIX} {e}"
     return None
 
@@ -123,7 +123,6 @@ def run_inprocess(cfg: StudyConfig, overrides: list[str], directory: Path) -> st
     import torch
     from accelerate.state import AcceleratorState, GradientState
 
-    from ..cli import user_errors
     from ..config import FinetuneConfig, load_config
     from ..engine.finetune import run_finetune
 
@@ -132,7 +131,7 @@ def run_inprocess(cfg: StudyConfig, overrides: list[str], directory: Path) -> st
         torch.set_num_threads(cfg.threads)
     try:
         run_finetune(load_config(FinetuneConfig, cfg.base_config, overrides))
-    except user_errors() as e:
+    except UserError as e:
         return f"{ERROR_PREFIX} {e}"
     except Exception as e:  # noqa: BLE001 - a crashing cell is recorded, the study goes on
         return f"{type(e).__name__}: {e}"
@@ -163,7 +162,6 @@ def run_in_worker(cfg: StudyConfig, overrides: list[str], directory: Path) -> st
 def run_knn(cfg: StudyConfig, overrides: list[str], directory: Path) -> str | None:
     """A `knn` cell, in this process: kNN of the frozen encoder, the cell's labeled train images as
     the bank, scored on val and test; metrics.json like a fine-tune's (no training, no history)."""
-    from ..cli import user_errors
     from ..config import ConfigError, FinetuneConfig, load_config
     from ..eval.probe import run_probe
 
@@ -177,7 +175,7 @@ def run_knn(cfg: StudyConfig, overrides: list[str], directory: Path) -> str | No
             size=fcfg.data.size, methods=("knn",), max_train=fcfg.data.max_train_samples,
             label_fraction=fcfg.data.label_fraction, seed=fcfg.seed,
         )
-    except user_errors() as e:
+    except UserError as e:
         return f"{ERROR_PREFIX} {e}"
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "train_stats.json").write_text(json.dumps({"train_seconds": round(time.perf_counter() - t0, 2)}))
