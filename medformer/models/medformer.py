@@ -42,9 +42,6 @@ class MedformerConfig:
     # stride-2 convs down to the same patch grid (early convolutions help small ViTs)
     stem: str = "patch"
     stem_width: int = 32  # channels of the conv stem's first layer, doubled at each stride-2 layer
-    # the 3D stem's first layer: oneDNN's 3D conv backward is ~3x slower from 32 channels than from 16
-    # on CPU, and 16 filters of 27 voxels of one channel lose nothing measurable (docs/benchmarks.md)
-    stem_first_width_3d: int = 16
     stem_layers: int = 0  # 3x3 convs in the conv stem: log2(patch_size) stride-2 ones after stride-1 ones (0: none)
     stem_norm: str = "group"  # batch | group | layer | none: the conv stem's normalisation
 
@@ -79,7 +76,7 @@ class ConvStem(nn.Module):
 
     def __init__(
         self, in_chans: int, dim: int, patch_size: int, width: int, spatial_dims: int, n_layers: int = 0,
-        norm: str = "group", first_width: int | None = None,
+        norm: str = "group",
     ):
         super().__init__()
         n_down = int(math.log2(patch_size))
@@ -90,7 +87,7 @@ class ConvStem(nn.Module):
         layers: list[nn.Module] = []
         channels = in_chans
         for i, stride in enumerate(strides):
-            out = min(width * 2 ** max(0, i - len(strides) + n_down), dim) if i or not first_width else first_width
+            out = min(width * 2 ** max(0, i - len(strides) + n_down), dim)
             layers += [conv(channels, out, 3, stride, 1, bias=False), _norm(norm, out, spatial_dims), nn.GELU()]
             channels = out
         self.layers = nn.Sequential(*layers)
@@ -148,7 +145,7 @@ class InputAdaptformer(nn.Module):
         self.grid_3d = cfg.image_size_3d // p
         if cfg.stem == "conv":
             self.patch_2d = ConvStem(3, d, p, cfg.stem_width, 2, cfg.stem_layers, cfg.stem_norm)
-            self.patch_3d = ConvStem(1, d, p, cfg.stem_width, 3, cfg.stem_layers, cfg.stem_norm, cfg.stem_first_width_3d)
+            self.patch_3d = ConvStem(1, d, p, cfg.stem_width, 3, cfg.stem_layers, cfg.stem_norm)
         elif cfg.stem == "patch":
             self.patch_2d = nn.Conv2d(3, d, p, p)
             self.patch_3d = nn.Conv3d(1, d, p, p)
