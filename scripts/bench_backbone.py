@@ -4,9 +4,11 @@ datasets and on AdrenalMNIST3D (no ViT there) at --baseline-seeds, then optional
 run of all four datasets. Writes the side-by-side table (AUC, ACC, balanced accuracy, MCC, img/s,
 peak memory, published numbers) to docs/results/backbone_benchmark.{json,md}.
 
-    python scripts/bench_backbone.py                     # the whole benchmark (about 2.5 h on 2 cores)
-    python scripts/bench_backbone.py --baseline-seeds 0 --multitask-seeds   # about 75 min
+    python scripts/bench_backbone.py                     # the whole benchmark (about 3 h on 2 cores)
+    python scripts/bench_backbone.py --baseline-seeds 0 --multitask-seeds   # about 100 min
     python scripts/bench_backbone.py --report-only       # tables from finished cells
+    python scripts/bench_backbone.py --seeds --baseline-seeds --size64-root DIR [--size64-no-md5]
+        # medformer_small at data.size=64 on each {flag}_64.npz in DIR (10 minutes each, time schedule)
 
 Cells are normal fine-tunes, resumable: a rerun skips what is done.
 """
@@ -31,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 STUDY = REPO / "configs" / "study" / "backbone.yaml"
 MULTITASK = REPO / "configs" / "finetune" / "multitask_shared4_small.yaml"
+SINGLE = REPO / "configs" / "finetune" / "pneumoniamnist_small.yaml"
 BASELINES = REPO.parent / "shared" / "reference" / "published_baselines.csv"
 DATASETS_2D = ["pneumoniamnist", "breastmnist", "retinamnist"]
 BASELINES_2D = ["medformer_small_thesis", "vit_medformer_body", "resnet18_28"]
@@ -59,37 +62,51 @@ def run_multitask(seeds: list[int], out: Path) -> None:
                 raise SystemExit(f"multi-task run failed (exit {proc.returncode}): {' '.join(proc.args)}")
 
 
+def run_size64(root: Path, verify_md5: bool, out: Path) -> None:
+    """medformer_small at 64 px / 64³ on every `{flag}_64.npz` in `root`, one after another, one thread:
+    does it learn, and what peak memory does it need? 10 training minutes, the cosine over them."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for npz in sorted(root.glob("*_64.npz")):
+        flag = npz.name.removesuffix("_64.npz")
+        if (out / f"size64_{flag}" / "metrics.json").is_file():
+            continue
+        run_dir = out / f"size64_{flag}"
+        cmd = [sys.executable, "-m", "finetune", "--config", str(SINGLE), f"data.root={root}",
+               f"data.datasets=[{flag}]", "data.size=64", f"data.verify_md5={str(verify_md5).lower()}",
+               "train.max_minutes=10", "train.schedule_by=time", "train.progress=false", f"output_dir={run_dir}"]
+        print("+", " ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True, cwd=REPO, env=env)
+
+
+def run_records(run_dir: Path, model: str, seed: int) -> list[dict]:
+    """Test metrics of a plain fine-tune run folder, one record per dataset."""
+    if not (run_dir / "metrics.json").is_file():
+        return []
+    stats = json.loads((run_dir / "train_stats.json").read_text())
+    return [{"model": model, "dataset": flag, "seed": seed, **{k: m["test"][k] for k in METRICS},
+             "img_per_s": stats["train_samples_per_second"], "peak_mb": stats["peak_memory_mb"],
+             "epochs": stats["epochs_completed"], "train_minutes": stats["train_seconds"] / 60}
+            for flag, m in json.loads((run_dir / "metrics.json").read_text()).items()]
+
+
 def cell_records(study_dir: Path) -> list[dict]:
-    """One record per finished cell: model, dataset, seed, test metrics, throughput, memory, epochs."""
+    """One record per finished study cell."""
     records = []
     for cell in sorted((study_dir / "cells").glob("*")):
-        if not (cell / "metrics.json").is_file():
-            continue
-        cfg = yaml.safe_load((cell / "config.yaml").read_text())
-        flag = cfg["data"]["datasets"][0]
-        metrics = json.loads((cell / "metrics.json").read_text())[flag]["test"]
-        stats = json.loads((cell / "train_stats.json").read_text())
-        records.append({
-            "model": cfg["model"]["name"], "dataset": flag, "seed": cfg["seed"], **{m: metrics[m] for m in METRICS},
-            "img_per_s": stats["train_samples_per_second"], "peak_mb": stats["peak_memory_mb"],
-            "epochs": stats["epochs_completed"], "train_minutes": stats["train_seconds"] / 60,
-        })
+        if (cell / "config.yaml").is_file():
+            cfg = yaml.safe_load((cell / "config.yaml").read_text())
+            records += run_records(cell, cfg["model"]["name"], cfg["seed"])
     return records
 
 
 def multitask_records(out: Path) -> list[dict]:
-    records = []
-    for run_dir in sorted(out.glob("multitask_seed*")):
-        if not (run_dir / "metrics.json").is_file():
-            continue
-        stats = json.loads((run_dir / "train_stats.json").read_text())
-        for flag, m in json.loads((run_dir / "metrics.json").read_text()).items():
-            records.append({"model": "medformer_small, multi-task (all four)", "dataset": flag,
-                            "seed": int(run_dir.name.removeprefix("multitask_seed")),
-                            **{k: m["test"][k] for k in METRICS}, "img_per_s": stats["train_samples_per_second"],
-                            "peak_mb": stats["peak_memory_mb"], "epochs": stats["epochs_completed"],
-                            "train_minutes": stats["train_seconds"] / 60})
-    return records
+    return [r for d in sorted(out.glob("multitask_seed*"))
+            for r in run_records(d, "medformer_small, multi-task (all four)", int(d.name.removeprefix("multitask_seed")))]
+
+
+def size64_records(out: Path) -> list[dict]:
+    return [{**r, "dataset": f"{r['dataset']} at 64"} for d in sorted(out.glob("size64_*"))
+            for r in run_records(d, "medformer_small", 0)]
 
 
 def summarize(records: list[dict]) -> list[dict]:
@@ -115,22 +132,21 @@ def published(flag: str) -> dict[str, str]:
 
 
 def markdown(rows: list[dict]) -> str:
-    fmt = lambda v, d=3: f"{v[0]:.{d}f} ± {v[1]:.{d}f}"  # noqa: E731
     out = []
     for flag in dict.fromkeys(r["dataset"] for r in rows):
         pub = published(flag)
-        out += [f"### {flag}", "", f"Published (test AUC / ACC): {pub['resnet_name']} {pub['resnet18']}; "
-                f"Medformer-small in the thesis {pub['thesis']}.", "",
+        source = ("One run, 10 training minutes, the cosine over them; no published numbers at this size."
+                  if flag.endswith(" at 64") else f"Published (test AUC / ACC): {pub['resnet_name']} "
+                  f"{pub['resnet18']}; Medformer-small in the thesis {pub['thesis']}.")
+        out += [f"### {flag}", "", source, "",
                 "| model | seeds | test AUC | test ACC | balanced acc | MCC | train img/s | peak MB | epochs | train min |",
                 "|---|---|---|---|---|---|---|---|---|---|"]
         for r in (r for r in rows if r["dataset"] == flag):
+            many = len(r["seeds"]) > 1
+            fmt = lambda v, many=many: f"{v[0]:.3f} ± {v[1]:.3f}" if many else f"{v[0]:.3f}"  # noqa: E731
             out.append(f"| {LABELS.get(r['model'], r['model'])} | {len(r['seeds'])} | {fmt(r['auc'])} | {fmt(r['acc'])} | "
                        f"{fmt(r['balanced_acc'])} | {fmt(r['mcc'])} | {r['img_per_s'][0]:.0f} | {r['peak_mb'][0]:.0f} | "
                        f"{r['epochs'][0]:.0f} | {r['train_minutes'][0]:.1f} |")
-        new = next((r for r in rows if r["dataset"] == flag and r["model"] == "medformer_small"), None)
-        old = next((r for r in rows if r["dataset"] == flag and r["model"] == "medformer_small_thesis"), None)
-        if new and old:
-            out += ["", f"Train throughput, new default / thesis: {new['img_per_s'][0] / old['img_per_s'][0]:.2f}x."]
         out.append("")
     return "\n".join(out)
 
@@ -138,9 +154,11 @@ def markdown(rows: list[dict]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(REPO / "runs" / "bench_backbone"), help="study and run folders")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds of medformer_small")
+    p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2], help="seeds of medformer_small")
     p.add_argument("--baseline-seeds", nargs="*", type=int, default=[0, 1, 2], help="none: skip the other backbones")
     p.add_argument("--multitask-seeds", nargs="*", type=int, default=[0], help="none: skip the multi-task run")
+    p.add_argument("--size64-root", type=Path, help="folder of {flag}_64.npz files to train at 64 px / 64³")
+    p.add_argument("--size64-no-md5", action="store_true", help="files that are not the official ones")
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--results", default=str(REPO / "docs" / "results" / "backbone_benchmark"))
     a = p.parse_args()
@@ -160,7 +178,9 @@ def main() -> None:
                      f"data.datasets={listed(datasets)}", f"models={listed(models)}", f"seeds={listed(seeds)}",
                      f"model_finetune={own}"])
         run_multitask(a.multitask_seeds, out)
-    records = [r for name in stages for r in cell_records(out / name)] + multitask_records(out)
+        if a.size64_root:
+            run_size64(a.size64_root, not a.size64_no_md5, out)
+    records = [r for name in stages for r in cell_records(out / name)] + multitask_records(out) + size64_records(out)
     rows = summarize(records)
     result = {
         "command": " ".join(["python", *sys.argv]),

@@ -79,7 +79,7 @@ def main() -> None:
         for _ in range(a.rounds):
             for m in MODELS:
                 rates[m].append(img_per_s(steps[m], a.batch, n_steps[m]))
-        ratios = [new / old for new, old in zip(*(rates[m] for m in MODELS))]
+        ratios = [new / old for new, old in zip(*(rates[m] for m in MODELS), strict=True)]
         row = {"case": case, "dataset": flag, "size": size, **{m: statistics.median(rates[m]) for m in MODELS},
                "ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
                "peak_rss_mb_so_far": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
