@@ -135,7 +135,7 @@ def markdown(rows: list[dict]) -> str:
     out = []
     for flag in dict.fromkeys(r["dataset"] for r in rows):
         pub = published(flag)
-        source = ("One run, 10 training minutes, the cosine over them; no published numbers at this size."
+        source = ("One run, the cosine over its training minutes (train min); no published numbers at this size."
                   if flag.endswith(" at 64") else f"Published (test AUC / ACC): {pub['resnet_name']} "
                   f"{pub['resnet18']}; Medformer-small in the thesis {pub['thesis']}.")
         out += [f"### {flag}", "", source, "",
