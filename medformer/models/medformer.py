@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed, trunc_normal_
 from torch import nn
 
+from ..config import ranged
 from ..data.batch import Inputs
 from ..data.domains import DatasetInfo
 from .attention import Block
@@ -26,23 +27,24 @@ from .stem_calls import dims_only_elsewhere, merged_groups, zero_weighted
 
 @dataclass
 class MedformerConfig:
-    hidden_dim: int = 128
-    depth: int = 4
-    heads: int = 4
-    mlp_ratio: float = 2.0
-    patch_size: int = 4
-    latent_dim: int = 64
-    num_latent_tokens: int = 32
-    image_size_2d: int = 28
-    image_size_3d: int = 28
-    task_tokens: int = 1
-    drop_path: float = 0.0
-    dropout: float = 0.0
+    # ranges are checked when model.overrides are loaded (medformer.engine.build.check_model)
+    hidden_dim: int = ranged(128, ge=1)
+    depth: int = ranged(4, ge=1)
+    heads: int = ranged(4, ge=1)
+    mlp_ratio: float = ranged(2.0, gt=0.0)
+    patch_size: int = ranged(4, ge=1)
+    latent_dim: int = ranged(64, ge=1)
+    num_latent_tokens: int = ranged(32, ge=1)
+    image_size_2d: int = ranged(28, ge=1)
+    image_size_3d: int = ranged(28, ge=1)
+    task_tokens: int = ranged(1, ge=1)
+    drop_path: float = ranged(0.0, ge=0.0, lt=1.0)
+    dropout: float = ranged(0.0, ge=0.0, lt=1.0)
     # patch: one conv with kernel = stride = patch_size (the thesis); conv: a stack of 3x3
     # stride-2 convs down to the same patch grid (early convolutions help small ViTs)
     stem: str = "patch"
-    stem_width: int = 32  # channels of the conv stem's first layer, doubled at each stride-2 layer
-    stem_layers: int = 0  # 3x3 convs in the conv stem: log2(patch_size) stride-2 ones after stride-1 ones (0: none)
+    stem_width: int = ranged(32, ge=1)  # channels of the conv stem's first layer, doubled at each stride-2 layer
+    stem_layers: int = ranged(0, ge=0)  # 3x3 convs in the conv stem: log2(patch_size) stride-2 ones after stride-1 ones (0: none)
     stem_norm: str = "group"  # batch | group | layer | none: the conv stem's normalisation
 
 
