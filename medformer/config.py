@@ -69,6 +69,11 @@ class DataConfig:
     batch_by_dataset: bool = False  # each (global) batch from one training dataset, instead of mixed batches
     max_train_samples: int | None = ranged(None, ge=1)  # per dataset, for smoke runs
     dicom_cache: str | None = None  # pretrain only: an ingested DICOM cache (e.g. <pseudolabel output_dir>/dicom_cache)
+    # where training images are augmented: device = held in memory as uint8 (on the GPU when there is
+    # one), gathered and augmented per batch on the batch's device; loader = per sample in the
+    # DataLoader (streaming); auto = device when the training images fit in in_memory_gb
+    augment_on: Literal["auto", "device", "loader"] = "auto"
+    in_memory_gb: float = ranged(8.0, gt=0.0)
 
 
 @dataclass
@@ -83,6 +88,7 @@ class AugmentConfig:
     flip_3d: float = ranged(0.5, **PROBABILITY)  # per axis
     rot90_3d: float = ranged(0.5, **PROBABILITY)
     rotate_3d_degrees: float = ranged(10.0, ge=0.0, le=180.0)
+    rotate_3d_axes: int = ranged(2, ge=0, le=3)  # small rotations about this many of the volume's 3 axes
     intensity_3d: float = ranged(0.1, ge=0.0)
 
 
@@ -145,8 +151,9 @@ class FinetuneConfig:
     resume: str | None = None  # output_dir of a run to continue
     loss_weights: dict[str, float] = field(default_factory=dict)  # per task; default 1
     finetune_mode: Literal["full", "linear_probe", "head_only"] = "full"  # see medformer.engine.protocols
-    # loss weight of each class from the training labels' counts (medformer.objectives.class_balance)
-    class_weights: Literal["none", "sqrt", "balanced"] = "none"
+    # loss weight of each class from the training labels' counts (medformer.objectives.class_balance);
+    # balanced_prior: balanced weights, predictions kept at the training prior
+    class_weights: Literal["none", "sqrt", "balanced", "balanced_prior"] = "none"
 
 
 def _type_name(tp: Any) -> str:
@@ -171,13 +178,19 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
+        errors = {}
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _coerce(value, arg, key)
-            except ConfigError:
-                pass
+            except ConfigError as e:
+                errors[arg] = e
+        # a mapping or list that failed inside its own schema: that error names the bad key
+        for arg, err in errors.items():
+            if (dataclasses.is_dataclass(arg) and isinstance(value, dict)) or (
+                typing.get_origin(arg) is list and isinstance(value, (list, tuple))):
+                raise err
         raise ConfigError(f"config key {key!r}: {value!r} is not a {' or '.join(map(_type_name, args))}")
     if tp is Any:
         return value

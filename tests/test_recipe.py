@@ -92,10 +92,49 @@ def test_class_weights_reach_the_loss_of_a_real_run(shared_root, tmp_path):
     from medformer.engine.finetune import train_class_weights
 
     cfg = load_config(FinetuneConfig, None, [f"data.root={shared_root}", "data.datasets=[breastmnist]"])
-    weights = train_class_weights(train_dataset(cfg.data, augment_factory(cfg.augment), 0), "balanced")
+    weights, offsets = train_class_weights(train_dataset(cfg.data, augment_factory(cfg.augment), 0), "balanced")
     labels = np.load(shared_root / "breastmnist.npz")["train_labels"].ravel()
     counts = np.bincount(labels)
     torch.testing.assert_close(weights["breastmnist"], torch.tensor(len(labels) / (2 * counts), dtype=torch.float32))
+    assert offsets == {}  # plain balanced weights move the predictions; only balanced_prior shifts the loss
+
+
+@pytest.mark.parametrize("task,n_classes", [(BINARY, 2), (MULTI_CLASS, 3), (ORDINAL, 4), (MULTI_LABEL, 2)])
+def test_balanced_prior_keeps_the_prior_as_the_optimum_without_features(task, n_classes):
+    """A head that sees no image (one free logit vector for all samples) trained with balanced
+    weights ends at the balanced prior; with balanced_prior's offset in the loss it ends at the
+    training prior, as an unweighted one does."""
+    from medformer.models.heads import head_width, logits_to_scores
+    from medformer.objectives.class_balance import prior_offset
+
+    rng = np.random.default_rng(0)
+    if task == MULTI_LABEL:
+        labels = (rng.random((400, n_classes)) < [0.1, 0.3]).astype(np.int64)
+        target = torch.tensor(labels)
+    else:
+        labels = rng.choice(n_classes, size=(400, 1), p=np.linspace(4, 1, n_classes) / np.linspace(4, 1, n_classes).sum())
+        target = torch.tensor(labels.ravel())
+
+    def fitted(weight, offset):
+        z = torch.zeros(head_width(task, n_classes), requires_grad=True)
+        opt = torch.optim.LBFGS([z], max_iter=200, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            logits = z.expand(len(target), -1)
+            loss = task_loss(logits if offset is None else logits + offset, target, task, weight)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        return logits_to_scores(z.detach()[None], task)[0] if task != BINARY else torch.sigmoid(z.detach())
+
+    w = class_weights(labels, task, n_classes, "balanced_prior")
+    unweighted = fitted(None, None)
+    kept = fitted(w, prior_offset(labels, task, n_classes, w))
+    moved = fitted(w, None)
+    torch.testing.assert_close(kept, unweighted, atol=2e-3, rtol=0)
+    assert (moved - unweighted).abs().max() > 0.05
 
 
 def test_ema_weights_are_evaluated_kept_and_resumed(shared_root, tmp_path, monkeypatch):

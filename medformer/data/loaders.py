@@ -98,21 +98,41 @@ def dicom_parts(cache_dir: str) -> list[Dataset]:
 
 def train_loader(
     dataset: Dataset, batch_size: int, num_workers: int = 0, seed: int = 0, sampler: Sampler | None = None,
-    by_dataset: ConcatDataset | None = None, num_processes: int = 1,
+    by_dataset: ConcatDataset | None = None, num_processes: int = 1, collate_fn: Callable = collate,
 ) -> DataLoader:
     """Shuffled (seeded) unless a sampler is given; incomplete last batches dropped.
 
     With `by_dataset` (the concatenated training datasets that `dataset` indexes), every global
     batch over `num_processes` holds one dataset (DatasetBatchSampler, drawing from `sampler`).
     """
-    common = dict(collate_fn=collate, num_workers=num_workers, persistent_workers=False,
-                  pin_memory=torch.cuda.is_available())
+    common = dict(collate_fn=collate_fn, num_workers=num_workers, persistent_workers=False,
+                  pin_memory=torch.cuda.is_available() and collate_fn is collate)
     if by_dataset is not None:
         batches = DatasetBatchSampler(by_dataset, batch_size, num_processes, seed, sampler)
         return DataLoader(dataset, batch_sampler=batches, **common)
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler, drop_last=True,
                       generator=generator, **common)
+
+
+def train_batches(
+    data: DataConfig, dataset: Dataset, parts: EpochConcat, batch_size: int, seed: int, sampler: Sampler | None,
+    num_processes: int, device: torch.device, on_device: Callable[[dict], dict],
+) -> tuple[DataLoader, Callable[[dict], dict] | None]:
+    """The training loader, and the batch transform the Trainer applies on the device (or None).
+
+    Where the training images fit in memory (data.augment_on, data.in_memory_gb) they are held there
+    as an ImageBank and `on_device` augments each batch; else `dataset` (the per-sample path, with
+    its transforms) streams through DataLoader workers. `dataset` is `parts` or wraps it
+    (pseudo-labels, whose `labels` the bank then reads).
+    """
+    from .bank import ImageBank, keep_batch, use_bank
+
+    by_dataset = parts if data.batch_by_dataset else None
+    if use_bank(data, parts):
+        bank = ImageBank(parts, seed, device, pseudolabels=None if dataset is parts else dataset)
+        return train_loader(bank, batch_size, 0, seed, sampler, by_dataset, num_processes, keep_batch), on_device
+    return train_loader(dataset, batch_size, data.num_workers, seed, sampler, by_dataset, num_processes), None
 
 
 def eval_loaders(

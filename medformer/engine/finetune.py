@@ -9,13 +9,15 @@ from pathlib import Path
 from accelerate.utils import set_seed
 
 from ..config import ConfigError, FinetuneConfig, save_config, to_dict
+from ..data.bank import DeviceAugment
 from ..data.domains import dataset_info
-from ..data.loaders import augment_factory, eval_loaders, train_dataset, train_loader
+from ..data.loaders import augment_factory, eval_loaders, train_batches, train_dataset
 from ..data.samplers import DatasetBalancedSampler
 from ..data.transforms import eval_transform
+from ..data.transforms.batched import batch_train_transform
 from ..eval.evaluate import evaluate_tasks
 from ..models.factory import is_medformer
-from ..objectives.class_balance import class_weights
+from ..objectives.class_balance import KEEPS_PRIOR, class_weights, prior_offset
 from ..objectives.ssl.dist import sync_batchnorm
 from ..objectives.supervised import SupervisedObjective
 from .build import build_model, check_model
@@ -68,9 +70,10 @@ def fit_batch_size(cfg: FinetuneConfig, n_train: int, num_processes: int) -> Non
         cfg.train.batch_size = per_process
 
 
-def train_class_weights(train_ds, mode: str) -> dict:
-    """{task: class weights} from the labels of each training dataset (MedMNIST parts only)."""
-    weights = {}
+def train_class_weights(train_ds, mode: str) -> tuple[dict, dict]:
+    """({task: class weights}, {task: logit offset of the loss}) from the labels of each training
+    dataset (MedMNIST parts only); offsets only for modes that keep the prior."""
+    weights, offsets = {}, {}
     for part in train_ds.datasets:
         base = part.base
         info = getattr(base, "info", None)
@@ -78,7 +81,9 @@ def train_class_weights(train_ds, mode: str) -> dict:
             w = class_weights(base.labels, info.task, info.n_classes, mode)
             if w is not None:
                 weights[info.flag] = w
-    return weights
+                if mode in KEEPS_PRIOR:
+                    offsets[info.flag] = prior_offset(base.labels, info.task, info.n_classes, w)
+    return weights, offsets
 
 
 def run_finetune(cfg: FinetuneConfig) -> dict:
@@ -96,8 +101,9 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     fit_batch_size(cfg, len(train_ds), accelerator.num_processes)
     resolve_epochs(cfg.train, len(train_ds), len(train_ds.datasets))
     sampler = DatasetBalancedSampler(train_ds, cfg.seed) if cfg.data.balance_datasets else None
-    loader = train_loader(train_ds, cfg.train.batch_size, cfg.data.num_workers, cfg.seed, sampler,
-                          train_ds if cfg.data.batch_by_dataset else None, accelerator.num_processes)
+    on_device = DeviceAugment({dim: batch_train_transform(cfg.augment, dim) for dim in ("2d", "3d")})
+    loader, batch_transform = train_batches(cfg.data, train_ds, train_ds, cfg.train.batch_size, cfg.seed, sampler,
+                                            accelerator.num_processes, accelerator.device, on_device)
     model = build_model(cfg.model, infos, cfg.data.size, pretrained=cfg.init == "imagenet")
     init_report = init_model(model, cfg.init)
     if accelerator.num_processes > 1:
@@ -111,11 +117,13 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
             save_config(cfg, out / "config.yaml")
             if init_report is not None:
                 (out / "init_report.json").write_text(json.dumps(init_report, indent=1))
-        objective = SupervisedObjective(model, class_weights=train_class_weights(train_ds, cfg.class_weights))
+        weights, offsets = train_class_weights(train_ds, cfg.class_weights)
+        objective = SupervisedObjective(model, class_weights=weights, logit_offsets=offsets)
         trainer = Trainer(
             cfg.train, objective, loader, out, accelerator,
             loss_weights=cfg.loss_weights, evaluate=lambda m: evaluate_tasks(m, val, accelerator),
             run_config=to_dict(cfg), lr_scale=lambda name: scales.get(name.removeprefix("model."), 1.0),
+            batch_transform=batch_transform,
         )
         if cfg.resume:
             trainer.resume(cfg.resume)

@@ -23,16 +23,19 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
 from ..config import ConfigError, DataConfig, TrainConfig, save_config, to_dict
+from ..data.bank import DeviceAugment
 from ..data.batch import collate
 from ..data.domains import MULTI_LABEL, dataset_info
-from ..data.loaders import SeededTransform, medmnist_split, train_dataset, train_loader
+from ..data.loaders import SeededTransform, medmnist_split, train_batches, train_dataset
 from ..data.samplers import DatasetBalancedSampler
-from ..data.transforms import MultiViewTransform, eval_transform
+from ..data.transforms import MultiViewTransform, ViewConfig, eval_transform
+from ..data.transforms.batched import batch_view_transform
+from ..data.transforms.views import check_view
 from ..eval.probe import extract_features, knn_eval
 from ..models.factory import add_domains
 from ..objectives.pseudolabel import PseudoLabelObjective
 from ..objectives.ssl import SSL_METHODS, CollapseDetector, SSLObjective, build_ssl_objective
-from ..objectives.ssl_config import MonitorConfig, PretrainConfig
+from ..objectives.ssl_config import MonitorConfig, PretrainConfig, view_list
 from ..pseudolabels.targets import (
     BalancedSampler,
     PseudoLabeled,
@@ -205,10 +208,14 @@ def check_objectives(cfg: PretrainConfig) -> None:
         raise ConfigError(f"unknown ssl.method {cfg.ssl.method!r}; choose from {', '.join(sorted(SSL_METHODS))}, none")
     if not ssl_on and not cfg.pseudolabel.labels:
         raise ConfigError("nothing to train: ssl.method=none needs pseudolabel.labels=<pseudolabel output_dir>")
-    if ssl_on and cfg.views.n_views < 2:
-        raise ConfigError(f"views.n_views must be >= 2 for SSL, got {cfg.views.n_views}")
-    if cfg.views.n_views < 1:
-        raise ConfigError(f"views.n_views must be >= 1, got {cfg.views.n_views}")
+    views = view_list(cfg.views)
+    for i, view in enumerate(views):
+        check_view(view, "views" if isinstance(cfg.views, ViewConfig) else f"views[{i}]")
+    n_views = len(views)
+    if ssl_on and n_views < 2:
+        raise ConfigError(f"SSL needs at least 2 views (views.n_views, or a list of views), got {n_views}")
+    if n_views < 1:
+        raise ConfigError(f"views.n_views must be >= 1, got {n_views}")
     if cfg.monitor.knn_every and not (cfg.monitor.knn_dataset or cfg.data.datasets):
         raise ConfigError("the online kNN needs a labeled MedMNIST dataset: set monitor.knn_dataset=<flag> "
                          "or monitor.knn_every=0")
@@ -283,7 +290,8 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     data = dataclasses.replace(cfg.data, label_fraction=1.0)
     accelerator = make_accelerator(cfg.train, out)
     set_seed(cfg.seed)
-    dataset = parts = train_dataset(data, lambda dim: MultiViewTransform(cfg.views, dim), cfg.seed)
+    views = view_list(cfg.views)
+    dataset = parts = train_dataset(data, lambda dim: MultiViewTransform(views, dim), cfg.seed)
     bases = [part.base for part in dataset.datasets]
     n_samples = {base.info.flag: len(base) for base in bases}
     model = build_model(cfg.model, [base.info for base in bases], data.size)
@@ -296,19 +304,22 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
         dataset, objective, class_sampler, reclustering = with_pseudolabels(cfg, dataset, label_table, model,
                                                                             objective, accelerator)
         sampler = sampler or class_sampler  # check_objectives allows at most one
-    loader = train_loader(dataset, cfg.train.batch_size, data.num_workers, cfg.seed, sampler,
-                          parts if data.batch_by_dataset else None, accelerator.num_processes)
+    on_device = DeviceAugment(views={dim: [batch_view_transform(v, dim) for v in views] for dim in ("2d", "3d")})
+    loader, batch_transform = train_batches(data, dataset, parts, cfg.train.batch_size, cfg.seed, sampler,
+                                            accelerator.num_processes, accelerator.device, on_device)
     resolve_epochs(train, len(dataset), len(parts.datasets))
     knn = None
     if cfg.monitor.knn_every and accelerator.is_main_process:
         knn = KnnProbe(data, cfg.monitor, cfg.train.batch_size)
     monitor = PretrainMonitor(cfg, accelerator, knn)
     with RunLock(out, enabled=accelerator.is_main_process):  # the first write: one run per output_dir
-        return fit_and_export(cfg, train, objective, loader, accelerator, monitor, reclustering, n_samples)
+        return fit_and_export(cfg, train, objective, loader, accelerator, monitor, reclustering, n_samples,
+                              batch_transform)
 
 
 def fit_and_export(cfg: PretrainConfig, train: TrainConfig, objective: torch.nn.Module, loader, accelerator: Accelerator,
-                   monitor: PretrainMonitor, reclustering: Reclustering | None, n_samples: dict[str, int]) -> dict:
+                   monitor: PretrainMonitor, reclustering: Reclustering | None, n_samples: dict[str, int],
+                   batch_transform: Callable[[dict], dict] | None = None) -> dict:
     """Train with the encoder exported each epoch; metrics.json and train_stats.json at the end."""
     out = Path(cfg.output_dir)
     if accelerator.is_main_process:
@@ -323,7 +334,7 @@ def fit_and_export(cfg: PretrainConfig, train: TrainConfig, objective: torch.nn.
     trainer = Trainer(
         train, objective, loader, out, accelerator, loss_weights=cfg.loss_weights, export=export,
         run_config=to_dict(cfg), step_callback=monitor, epoch_start=reclustering,
-        lr_scale=predictor_lr_scale(cfg.ssl.predictor_lr_scale),
+        lr_scale=predictor_lr_scale(cfg.ssl.predictor_lr_scale), batch_transform=batch_transform,
     )
     if cfg.resume:
         trainer.resume(cfg.resume)

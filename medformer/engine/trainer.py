@@ -155,7 +155,8 @@ class Trainer:
     `on_step_end(step, total_steps)` (momentum updates), `step_callback(step, objective)` (monitors),
     `export(model, output_dir)` each epoch on rank 0, `lr_scale(name)` per-parameter LR factors
     (names as in objective.named_parameters()), `epoch_start(epoch, model)` on every rank before
-    an epoch's batches are drawn (re-clustering pseudo-labels)."""
+    an epoch's batches are drawn (re-clustering pseudo-labels), `batch_transform(batch)` on each
+    batch once it is on the device (augmentation of in-memory batches, medformer.data.bank)."""
 
     def __init__(
         self,
@@ -171,6 +172,7 @@ class Trainer:
         step_callback: Callable[[int, nn.Module], dict[str, float] | None] | None = None,
         lr_scale: Callable[[str], float] | None = None,
         epoch_start: Callable[[int, nn.Module], None] | None = None,
+        batch_transform: Callable[[dict], dict] | None = None,
     ):
         self.cfg = train
         self.acc = accelerator
@@ -180,6 +182,7 @@ class Trainer:
         self.export_fn = export
         self.step_callback = step_callback  # (step, unwrapped objective) -> scalars to log, on every rank
         self.epoch_start = epoch_start
+        self.batch_transform = batch_transform
         if not isinstance(train.epochs, int):
             raise ValueError(f"train.epochs={train.epochs!r}: call resolve_epochs with the training set's size first")
         steps_per_epoch = math.ceil(len(train_loader) / max(1, self.acc.num_processes) / train.grad_accum)
@@ -333,6 +336,8 @@ class Trainer:
                 loader = self.acc.skip_first_batches(self.train_loader, st.batches_in_epoch)
             t0 = time.perf_counter()
             for batch in loader:
+                if self.batch_transform is not None:
+                    batch = self.batch_transform(batch)
                 logs = self._train_step(batch)
                 st.batches_in_epoch += 1
                 st.samples_seen += _batch_size(batch) * self.acc.num_processes

@@ -3,6 +3,11 @@
 Weights are computed from the labels a run trains on (after its label fraction), never written
 per dataset: a class seen n_c times of N gets (N / (K n_c)) ** power, so power 1 ("balanced")
 gives every class the same total weight and power 0.5 ("sqrt") halves the imbalance in log scale.
+
+Weights alone also move the predictions towards the rare classes (balanced accuracy up, accuracy
+down). "balanced_prior" keeps the balanced gradients but not that shift: the loss reads the logits
+plus `prior_offset`, the shift that the weights put on a loss-minimising logit, so the logits the
+model emits (and that are evaluated) stay calibrated to the training prior.
 """
 
 from __future__ import annotations
@@ -11,9 +16,10 @@ import numpy as np
 import torch
 
 from ..config import ConfigError
-from ..data.domains import MULTI_LABEL
+from ..data.domains import BINARY, MULTI_CLASS, MULTI_LABEL
 
-CLASS_WEIGHTS = {"none": 0.0, "sqrt": 0.5, "balanced": 1.0}
+CLASS_WEIGHTS = {"none": 0.0, "sqrt": 0.5, "balanced": 1.0, "balanced_prior": 1.0}
+KEEPS_PRIOR = frozenset({"balanced_prior"})  # modes whose loss adds prior_offset to the logits
 
 
 def class_weights(labels: np.ndarray, task: str, n_classes: int, mode: str) -> torch.Tensor | None:
@@ -37,3 +43,30 @@ def class_weights(labels: np.ndarray, task: str, n_classes: int, mode: str) -> t
     weights = np.zeros(n_classes)
     weights[present] = (counts.sum() / (present.sum() * counts[present])) ** power
     return torch.tensor(weights, dtype=torch.float32)
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def prior_offset(labels: np.ndarray, task: str, n_classes: int, weights: torch.Tensor) -> torch.Tensor:
+    """The logit shift that `weights` give a loss-minimising head at the training prior.
+
+    Adding it to the logits inside the loss (and only there) leaves the emitted logits at the
+    unweighted optimum. Exact for multi-class (log w), binary (log w1/w0) and multi-label (log
+    pos_weight); for ordinal heads, the shift of each cumulative logit at the prior.
+    """
+    labels = np.asarray(labels)
+    w = weights.double().numpy()
+    if task == MULTI_LABEL:
+        return torch.tensor(np.log(np.maximum(w, 1e-12)), dtype=torch.float32)
+    counts = np.bincount(labels.reshape(-1).astype(np.int64), minlength=n_classes).astype(np.float64)
+    prior = counts / counts.sum()
+    weighted = prior * w / (prior * w).sum()
+    if task == MULTI_CLASS:
+        return torch.tensor(np.log(np.maximum(w, 1e-12)), dtype=torch.float32)
+    # binary (one logit: P(y > 0)) and ordinal (cumulative logits P(y > k), k < K - 1)
+    k = 1 if task == BINARY else n_classes - 1
+    above = lambda p: np.array([p[j + 1:].sum() for j in range(k)])  # noqa: E731
+    return torch.tensor(_logit(above(weighted)) - _logit(above(prior)), dtype=torch.float32)

@@ -66,7 +66,8 @@ class PretrainConfig:
         datasets=["pneumoniamnist", "breastmnist", "retinamnist", "adrenalmnist3d"]))
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(eval_test=False, monitor="loss"))
-    views: ViewConfig = field(default_factory=ViewConfig)
+    # one ViewConfig (views.n_views views drawn from it) or a list, one entry per view (asymmetric views)
+    views: ViewConfig | list[ViewConfig] = field(default_factory=ViewConfig)
     ssl: SSLConfig = field(default_factory=SSLConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     pseudolabel: PseudoLabelTrainConfig = field(default_factory=PseudoLabelTrainConfig)
@@ -74,3 +75,8 @@ class PretrainConfig:
     output_dir: str = "runs/pretrain"
     resume: str | None = None  # output_dir of a run to continue
     loss_weights: dict[str, float] = field(default_factory=dict)  # per loss term, e.g. ssl/variance, pseudolabel/ce
+
+
+def view_list(views: ViewConfig | list[ViewConfig]) -> list[ViewConfig]:
+    """One ViewConfig per view."""
+    return [views] * views.n_views if isinstance(views, ViewConfig) else list(views)

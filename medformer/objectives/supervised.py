@@ -14,12 +14,13 @@ class SupervisedObjective(nn.Module):
 
     def __init__(
         self, model: nn.Module, task_types: dict[str, str] | None = None,
-        class_weights: dict[str, torch.Tensor] | None = None,
+        class_weights: dict[str, torch.Tensor] | None = None, logit_offsets: dict[str, torch.Tensor] | None = None,
     ):
         super().__init__()
         self.model = model
         self.task_types = task_types or {}
         self.class_weights = class_weights or {}  # task -> per-class weights (class_balance.class_weights)
+        self.logit_offsets = logit_offsets or {}  # task -> shift the loss adds to the logits (class_balance.prior_offset)
 
     def task_type(self, task: str) -> str:
         return self.task_types.get(task) or dataset_info(task).task
@@ -27,6 +28,11 @@ class SupervisedObjective(nn.Module):
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         logits = self.model(batch["inputs"])
         return {
-            task: task_loss(out, batch["targets"][task], self.task_type(task), self.class_weights.get(task))
+            task: task_loss(self._shifted(task, out), batch["targets"][task], self.task_type(task),
+                            self.class_weights.get(task))
             for task, out in logits.items()
         }
+
+    def _shifted(self, task: str, logits: torch.Tensor) -> torch.Tensor:
+        offset = self.logit_offsets.get(task)
+        return logits if offset is None else logits + offset.to(logits.device, logits.dtype)

@@ -258,4 +258,5 @@ def train_transform(cfg: AugmentConfig, dim: str) -> Callable[[Tensor], Tensor]:
         rot90=cfg.rot90_3d,
         rotate_degrees=cfg.rotate_3d_degrees,
         intensity=cfg.intensity_3d,
+        rotate_axes=cfg.rotate_3d_axes,
     )

@@ -9,6 +9,8 @@ import torch
 from torch import Tensor
 from torchvision.transforms.v2 import functional as F
 
+from medformer.config import ranged
+
 from .primitives import (
     _as_float,
     _check_2d,
@@ -35,34 +37,47 @@ class ViewConfig:
     crops, no hue/saturation, no grayscale or solarize, light blur."""
 
     # 2D
-    crop_scale_min: float = 0.4
-    crop_ratio_min: float = 3 / 4
-    crop_ratio_max: float = 4 / 3
-    hflip: float = 0.5
-    vflip: float = 0.0
-    rotate_degrees: float = 10.0
-    brightness: float = 0.3
-    contrast: float = 0.3
-    saturation: float = 0.0  # RGB only; kept 0 for gray
-    hue: float = 0.0  # RGB only
-    color_jitter_p: float = 0.8
-    gray_p: float = 0.0  # RGB only: random grayscale (3 equal channels)
-    blur_p: float = 0.2
-    blur_kernel: int | None = None  # None: 3 at 28 px, scaled with the image size (odd)
-    blur_sigma_min: float = 0.1
-    blur_sigma_max: float = 2.0
-    solarize_p: float = 0.0
-    solarize_threshold: float = 0.5
+    crop_scale_min: float = ranged(0.4, gt=0.0, le=1.0)
+    crop_ratio_min: float = ranged(3 / 4, gt=0.0)
+    crop_ratio_max: float = ranged(4 / 3, gt=0.0)
+    hflip: float = ranged(0.5, ge=0.0, le=1.0)
+    vflip: float = ranged(0.0, ge=0.0, le=1.0)
+    rotate_degrees: float = ranged(10.0, ge=0.0, le=180.0)
+    brightness: float = ranged(0.3, ge=0.0)
+    contrast: float = ranged(0.3, ge=0.0)
+    saturation: float = ranged(0.0, ge=0.0)  # RGB only; kept 0 for gray
+    hue: float = ranged(0.0, ge=0.0, le=0.5)  # RGB only
+    color_jitter_p: float = ranged(0.8, ge=0.0, le=1.0)
+    gray_p: float = ranged(0.0, ge=0.0, le=1.0)  # RGB only: random grayscale (3 equal channels)
+    blur_p: float = ranged(0.2, ge=0.0, le=1.0)
+    blur_kernel: int | None = ranged(None, ge=1)  # None: 3 at 28 px, scaled with the image size (odd)
+    blur_sigma_min: float = ranged(0.1, gt=0.0)
+    blur_sigma_max: float = ranged(2.0, gt=0.0)
+    solarize_p: float = ranged(0.0, ge=0.0, le=1.0)
+    solarize_threshold: float = ranged(0.5, ge=0.0, le=1.0)
+    gamma: float = ranged(0.0, ge=0.0, lt=1.0)  # gamma drawn uniform in [1 - gamma, 1 + gamma] (0: off)
+    noise_std: float = ranged(0.0, ge=0.0)  # Gaussian noise after the intensity ops (0: off)
     # 3D
-    crop_scale_min_3d: float = 0.5  # volume fraction of the random sub-volume
-    flip_3d: float = 0.5  # per axis
-    rot90_3d: float = 0.5
-    rotate_3d_degrees: float = 10.0
-    intensity_3d: float = 0.2
-    noise_std_3d: float = 0.02
+    crop_scale_min_3d: float = ranged(0.5, gt=0.0, le=1.0)  # volume fraction of the random sub-volume
+    flip_3d: float = ranged(0.5, ge=0.0, le=1.0)  # per axis
+    rot90_3d: float = ranged(0.5, ge=0.0, le=1.0)
+    rotate_3d_degrees: float = ranged(10.0, ge=0.0, le=180.0)
+    rotate_3d_axes: int = ranged(2, ge=0, le=3)  # small rotations about this many of the volume's 3 axes
+    intensity_3d: float = ranged(0.2, ge=0.0)
+    noise_std_3d: float = ranged(0.02, ge=0.0)
     # both
     fill: float = 0.0  # value outside rotated/sheared images
-    n_views: int = 2
+    n_views: int = ranged(2, ge=1)
+
+
+def check_view(cfg: ViewConfig, key: str = "views") -> None:
+    """Pairs of bounds in order (single keys are range-checked when the config loads)."""
+    from medformer.config import ConfigError
+
+    for lo, hi in (("crop_ratio_min", "crop_ratio_max"), ("blur_sigma_min", "blur_sigma_max")):
+        if getattr(cfg, lo) > getattr(cfg, hi):
+            raise ConfigError(f"config key {key}.{lo} ({getattr(cfg, lo)}) must not exceed {key}.{hi} "
+                              f"({getattr(cfg, hi)})")
 
 
 def _blur_kernel(cfg_kernel: int | None, size: int) -> int:
@@ -108,11 +123,15 @@ class View2D:
             x = _color_jitter(x, c.brightness, c.contrast, c.saturation, c.hue)
         if x.shape[-3] == 3 and _coin(c.gray_p):
             x = F.rgb_to_grayscale(x, num_output_channels=3)
+        if c.gamma > 0:
+            x = x.clamp(0.0, 1.0).pow(_uniform(max(0.01, 1 - c.gamma), 1 + c.gamma))
         if _coin(c.blur_p):
             k = _blur_kernel(c.blur_kernel, min(x.shape[-2:]))
             x = gaussian_blur(x, k, _uniform(c.blur_sigma_min, c.blur_sigma_max))
         if _coin(c.solarize_p):
             x = F.solarize(x.clamp(0.0, 1.0), threshold=c.solarize_threshold)
+        if c.noise_std > 0:
+            x = x + c.noise_std * torch.randn(x.shape, dtype=x.dtype)
         return normalize(x.clamp(0.0, 1.0))
 
     def __repr__(self) -> str:
@@ -123,9 +142,8 @@ class View3D:
     """One random 3D SSL view: random sub-volume resized back, flips, 90-degree rotation, small
     rotations, intensity scale/shift, Gaussian noise; clamp, normalize."""
 
-    def __init__(self, cfg: ViewConfig | None = None, rotate_axes: int = 2) -> None:
+    def __init__(self, cfg: ViewConfig | None = None) -> None:
         self.cfg = cfg or ViewConfig()
-        self.rotate_axes = int(rotate_axes)
 
     def __call__(self, x: Tensor) -> Tensor:
         c = self.cfg
@@ -134,7 +152,7 @@ class View3D:
         x = _random_crop_3d(x, (c.crop_scale_min_3d, 1.0))
         x = _flips_3d(x, c.flip_3d)
         x = _rot90_3d(x, c.rot90_3d)
-        x = _rotate_3d(x, c.rotate_3d_degrees, self.rotate_axes, c.fill)
+        x = _rotate_3d(x, c.rotate_3d_degrees, c.rotate_3d_axes, c.fill)
         x = _intensity_3d(x, c.intensity_3d)
         if c.noise_std_3d > 0:
             x = x + c.noise_std_3d * torch.randn(x.shape, dtype=x.dtype)
