@@ -76,6 +76,24 @@ def test_tiny_study_end_to_end_resumes_and_records_failures(shared_root, tmp_pat
         for kind in ("label_efficiency", "convergence"):
             png = out / "plots" / f"{flag}_{kind}.png"
             assert png.stat().st_size > 1000 and f"plots/{flag}_{kind}.png" in report
+    # every finished cell saved its test predictions; re-scored by medmnist's Evaluator they give metrics.json's AUC
+    from medmnist import Evaluator
+
+    from medformer.eval.predictions import read_predictions
+
+    for r in done[:4]:
+        cell = out / "cells" / r["cell_id"]
+        labels, scores = read_predictions(cell, r["dataset"])
+        evaluator = Evaluator(r["dataset"], "test", root=str(shared_root))
+        assert np.array_equal(evaluator.labels.reshape(len(labels), -1), labels)
+        metrics = json.loads((cell / "metrics.json").read_text())[r["dataset"]]["test"]
+        assert abs(evaluator.evaluate(scores.squeeze()).AUC - metrics["auc"]) < 1e-9
+    for text in ("## Recommendation", "against the runner-up", "## Ranking across datasets and label fractions",
+                 "sign test", "Paired comparisons on every test image", "detectable Δ (80% power)",
+                 "RadiologyNET-style"):
+        assert text in report, text
+    assert (out / "plots" / "critical_difference_medformer_small_full.png").stat().st_size > 1000
+    assert report.index("## Recommendation") < report.index("## breastmnist")
     panels = sorted((out / "plots" / "explain").glob("*.png"))
     assert len(panels) == 4 and all(f"plots/explain/{p.name}" in report for p in panels)  # (scratch, ckpt) x datasets
 

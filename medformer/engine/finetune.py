@@ -15,7 +15,9 @@ from ..data.loaders import augment_factory, eval_loaders, train_batches, train_d
 from ..data.samplers import DatasetBalancedSampler
 from ..data.transforms import eval_transform
 from ..data.transforms.batched import batch_train_transform
-from ..eval.evaluate import evaluate_tasks
+from ..eval.evaluate import evaluate_tasks, predict
+from ..eval.metrics import medmnist_metrics
+from ..eval.predictions import write_predictions
 from ..models.factory import is_medformer
 from ..objectives.class_balance import KEEPS_PRIOR, class_weights, prior_offset
 from ..objectives.ssl.dist import sync_batchnorm
@@ -140,16 +142,23 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
 
 
 def evaluate_best(cfg: FinetuneConfig, trainer: Trainer, val: dict, accelerator) -> dict:
-    """The best-val weights (when kept) evaluated on val and, with train.eval_test, on test."""
+    """The best-val weights (when kept) evaluated on val and, with train.eval_test, on test; their
+    per-sample predictions are written to output_dir/predictions/."""
     out = Path(cfg.output_dir)
     if (out / "best.safetensors").is_file():
         accelerator.wait_for_everyone()
         load_weights(trainer.model, out / "best.safetensors", strict=True)
-    metrics = {flag: {"val": m} for flag, m in evaluate_tasks(trainer.model, val, accelerator).items()}
+    splits = {"val": val}
     if cfg.train.eval_test:
-        test = {k: accelerator.prepare(v) for k, v in eval_loaders(cfg.data, "test", cfg.train.batch_size, eval_transform()).items()}
-        for flag, m in evaluate_tasks(trainer.model, test, accelerator).items():
-            metrics[flag]["test"] = m
+        splits["test"] = {k: accelerator.prepare(v) for k, v in
+                          eval_loaders(cfg.data, "test", cfg.train.batch_size, eval_transform()).items()}
+    metrics: dict = {}
+    for split, loaders in splits.items():
+        for flag, loader in loaders.items():
+            scores, labels = predict(trainer.model, loader, accelerator, flag)
+            metrics.setdefault(flag, {})[split] = medmnist_metrics(labels, scores, dataset_info(flag).task)
+            if accelerator.is_main_process:
+                write_predictions(out, flag, split, scores, labels)
     return metrics
 
 

@@ -96,3 +96,43 @@ def _save(fig, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def critical_difference_plot(ranking, path: Path, title: str = "") -> Path | None:
+    """Demsar's critical-difference diagram: mean ranks on an axis, the CD as a bar, and a thick line
+    under each group of inits whose ranks differ by less than the CD (not told apart)."""
+    if not ranking.mean_rank or math.isnan(ranking.critical_difference):
+        return None
+    order = sorted(ranking.inits, key=lambda i: ranking.mean_rank[i])
+    k = len(order)
+    fig, ax = plt.subplots(figsize=(6.5, 1.2 + 0.3 * k))
+    ax.set_xlim(0.5, k + 0.5)
+    ax.set_ylim(-k - 1.5, 1.5)
+    ax.invert_xaxis()  # best (rank 1) on the right, as in benchmark papers
+    ax.axhline(0, color="black", lw=1)
+    for r in range(1, k + 1):
+        ax.plot([r, r], [0, 0.15], color="black", lw=1)
+        ax.text(r, 0.3, str(r), ha="center", fontsize=8)
+    for n, name in enumerate(order):
+        x, y = ranking.mean_rank[name], -(n + 1)
+        ax.plot([x, x], [0, y], color="gray", lw=0.8)
+        ax.text(x, y, f" {name} ({x:.2f}) ", ha="right" if n % 2 else "left", va="center", fontsize=8)
+    cd = ranking.critical_difference
+    ax.plot([1, 1 + cd], [1.0, 1.0], color="crimson", lw=2)
+    ax.text(1 + cd / 2, 1.15, f"CD {cd:.2f}", ha="center", fontsize=8, color="crimson")
+    groups = []
+    for i in range(k):
+        j = max(j for j in range(i, k) if ranking.mean_rank[order[j]] - ranking.mean_rank[order[i]] <= cd)
+        if j > i and not any(g[0] <= i and j <= g[1] for g in groups):
+            groups.append((i, j))
+    for n, (i, j) in enumerate(groups):
+        y = -0.35 - 0.2 * n
+        ax.plot([ranking.mean_rank[order[i]], ranking.mean_rank[order[j]]], [y, y], color="black", lw=3)
+    ax.axis("off")
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -5,10 +5,13 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..eval.compare import Ranking
+from .evidence import Comparison, Recommendation
 from .stats import kruskal_wallis, min_attainable_p, pairwise_mann_whitney
 
 ALPHA = 0.05
@@ -95,8 +98,82 @@ def baseline_table(rows: list[dict], published: list[dict], size: int | str = ""
     return _table(["method", "size", "test AUC", "test ACC", "source"], lines)
 
 
+def _setting(setting: tuple, with_model: bool) -> list[str]:
+    dataset, model, mode, fraction = setting
+    return [dataset, *([f"{model} / {mode}"] if with_model else []), f"{fraction:g}"]
+
+
+def _delta(c: Comparison) -> str:
+    r = c.result
+    return f"{r.delta:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]" if r is not None else "–"
+
+
+def recommendation_section(recs: list[Recommendation]) -> list[str]:
+    """Which init to use per dataset and label budget, computed from the paired comparisons."""
+    if not recs:
+        return ["No finished fine-tune cells yet: nothing to recommend."]
+    with_model = len({(r.setting[1], r.setting[2]) for r in recs}) > 1
+    body = []
+    for r in recs:
+        c = r.against
+        if c is None or c.result is None:
+            verdict = r.note or (c.note if c is not None else "not testable")
+        elif not r.tied:
+            verdict = f"**use {r.best}**: better than every other init (runner-up {c.b})"
+        else:
+            verdict = (f"insufficient evidence: {r.best} is not shown better than {', '.join(r.tied)}; "
+                       f"differences below {c.result.detectable:.3f} AUC cannot be detected here")
+        p = _fmt_p(c.result.p_value) if c is not None and c.result is not None else "–"
+        body.append([*_setting(r.setting, with_model), r.best or "–", _fmt(r.mean_auc),
+                     f"{c.b}: {_delta(c)}" if c is not None else "–", p, verdict])
+    cols = ["dataset", *(["model / mode"] if with_model else []), "label fraction", "best init", "its mean test AUC",
+            "against the runner-up: Δ AUC [95% CI]", "p", "verdict"]
+    return [*_table(cols, body), "",
+            "Δ: mean over seeds of the AUC difference on the same test images; the interval and p come from "
+            "a paired bootstrap that resamples both the seeds and the test images (medformer.eval.compare)."]
+
+
+def paired_section(comparisons: list[Comparison]) -> list[str]:
+    """Every pair of inits per setting, on the same test images, seeds combined."""
+    if not comparisons:
+        return ["Paired comparisons need at least two inits with finished cells (not testable)."]
+    with_model = len({(c.setting[1], c.setting[2]) for c in comparisons}) > 1
+    body = []
+    for c in comparisons:
+        r = c.result
+        body.append([*_setting(c.setting, with_model)[1:], f"{c.a} vs {c.b}", _delta(c),
+                     _fmt_p(r.p_value) if r else "–", ("yes" if r.significant else "no") if r else "not testable",
+                     str(r.seeds) if r else "–", str(r.n_images) if r else "–", _fmt(r.detectable) if r else "–",
+                     c.note])
+    cols = [*(["model / mode"] if with_model else []), "fraction", "pair (better mean first)", "Δ AUC [95% CI]", "p",
+            "significant", "seeds", "test images", "detectable Δ (80% power)", "note"]
+    return _table(cols, body)
+
+
+def ranking_section(rankings: dict[tuple[str, str], Ranking], figures: dict[tuple[str, str], Path | None],
+                    root: Path) -> list[str]:
+    out: list[str] = []
+    for (model, mode), rk in rankings.items():
+        out += [f"{model} / {mode}: {rk.blocks} blocks (dataset x label fraction, mean test AUC over seeds)."]
+        if not rk.mean_rank:
+            out += [f"{rk.note}.", ""]
+            continue
+        test = "sign test" if len(rk.inits) == 2 else "Friedman χ²"
+        out += [f"{test} {_fmt(rk.statistic, 2)}, p {_fmt_p(rk.p_value)}; Nemenyi critical difference of mean "
+                f"ranks {_fmt(rk.critical_difference, 2)} (α = {ALPHA})" + (f"; {rk.note}" if rk.note else "") + ".", ""]
+        order = sorted(rk.inits, key=lambda i: rk.mean_rank[i])
+        rows = [[i, f"{rk.mean_rank[i]:.2f}", ", ".join(j for j in order if j != i and rk.differs(i, j)) or "none"]
+                for i in order]
+        out += _table(["init", "mean rank (1 = best)", "differs from (rank gap > CD)"], rows) + [""]
+        png = figures.get((model, mode))
+        if png is not None and Path(png).is_file():
+            out += [f"![critical difference {model} {mode}]({Path(png).relative_to(root).as_posix()})", ""]
+    return out
+
+
 def stats_section(rows: list[dict], metric: str = "test_auc") -> list[str]:
-    """Kruskal-Wallis across inits per (model, mode, fraction); pairwise Mann-Whitney U, Bonferroni."""
+    """Kruskal-Wallis across inits per (model, mode, fraction); pairwise Mann-Whitney U, Bonferroni
+    (RadiologyNET's reporting: seeds as samples, blind to which test images were hard)."""
     done = [r for r in rows if r["status"] == "done"]
     blocks: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in done:
@@ -118,7 +195,8 @@ def stats_section(rows: list[dict], metric: str = "test_auc") -> list[str]:
                               f"{len(pairs)} pairs; min p {_fmt_p(floor)}"])
     if not kw_rows:
         return ["Statistics need at least two inits with finished cells."]
-    out += [f"Kruskal-Wallis across inits on {metric} (seeds as samples), α = {ALPHA}:", ""]
+    out += [f"RadiologyNET-style, for reference: Kruskal-Wallis across inits on {metric} (seeds as samples), "
+            f"α = {ALPHA}:", ""]
     out += _table(["model", "mode", "fraction", "H", "p", "significant", "n per init"], kw_rows)
     out += ["", "Pairwise two-sided Mann-Whitney U, Bonferroni-corrected (p × number of pairs, capped at 1):", ""]
     out += _table(["model", "mode", "fraction", "pair", "U", "p", "p (Bonferroni)", "significant", "note"], pair_rows)
@@ -127,17 +205,32 @@ def stats_section(rows: list[dict], metric: str = "test_auc") -> list[str]:
     return out
 
 
+@dataclass
+class Evidence:
+    recommendations: list[Recommendation]
+    comparisons: list[Comparison]
+    rankings: dict[tuple[str, str], Ranking]
+    rank_figures: dict[tuple[str, str], Path | None]
+
+
 def write_report(
     path: Path, title: str, summary: list[str], rows: list[dict], datasets: list[str],
     published: list[dict], figures: dict[str, dict[str, Path]], size: int | str = "",
+    evidence: Evidence | None = None,
 ) -> Path:
     """Assemble report.md; `figures[dataset]` maps a figure kind to its PNG (relative paths written)."""
     root = path.parent
     done = [r for r in rows if r["status"] == "done"]
     failed = [r for r in rows if r["status"] == "failed"]
-    lines = [f"# {title}", "", *summary, "",
-             f"Cells: {len(rows)} in the grid, {len(done)} done, {len(failed)} failed, "
-             f"{len(rows) - len(done) - len(failed)} pending.", ""]
+    lines = [f"# {title}", ""]
+    if evidence is not None:
+        lines += ["## Recommendation", "", *recommendation_section(evidence.recommendations), ""]
+    lines += [*summary, "",
+              f"Cells: {len(rows)} in the grid, {len(done)} done, {len(failed)} failed, "
+              f"{len(rows) - len(done) - len(failed)} pending.", ""]
+    if evidence is not None:
+        lines += ["## Ranking across datasets and label fractions", "",
+                  *ranking_section(evidence.rankings, evidence.rank_figures, root)]
     if failed:
         lines += ["## Failed cells", ""]
         lines += _table(["cell", "error"], [[r["cell_id"], str(r["error"]).replace("|", "\\|")] for r in failed])
@@ -155,6 +248,9 @@ def write_report(
         for kind, png in figs.items():
             if png is not None and Path(png).is_file():
                 lines += [f"![{flag} {kind}]({Path(png).relative_to(root).as_posix()})", ""]
-        lines += [f"### Statistics ({flag})", "", *stats_section(drows), ""]
+        if evidence is not None:
+            lines += [f"### Paired comparisons on every test image ({flag}, seeds combined)", "",
+                      *paired_section([c for c in evidence.comparisons if c.setting[0] == flag]), ""]
+        lines += [f"### Statistics over seeds ({flag})", "", *stats_section(drows), ""]
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -9,8 +9,9 @@ from pathlib import Path
 from .baselines import read_baselines
 from .cells import enumerate_cells
 from .config import StudyConfig, resolve_baselines, validate
-from .plots import convergence_plot, label_efficiency_plot, series_key
-from .report import write_report
+from .evidence import paired_comparisons, ranking, recommendations
+from .plots import convergence_plot, critical_difference_plot, label_efficiency_plot, series_key
+from .report import Evidence, write_report
 from .results import collect_rows, val_history, write_csv
 from .runner import run_cells, study_log
 from .stages import resolved_inits, run_stages, stage_lines
@@ -61,6 +62,16 @@ def explain_figures(cfg: StudyConfig, drows: list[dict], flag: str) -> dict[str,
     return panels
 
 
+def study_evidence(rows: list[dict], out: Path) -> Evidence:
+    """Paired comparisons from the cells' test predictions, the ranking, the recommendation."""
+    comparisons = paired_comparisons(rows, out / "cells")
+    rankings = ranking(rows)
+    figures = {key: critical_difference_plot(rk, out / "plots" / f"critical_difference_{key[0]}_{key[1]}.png",
+                                             f"{key[0]} / {key[1]}: mean rank over {rk.blocks} blocks")
+               for key, rk in rankings.items()}
+    return Evidence(recommendations(rows, comparisons), comparisons, rankings, figures)
+
+
 def summary_lines(cfg: StudyConfig) -> list[str]:
     inits = ", ".join(f"`{k}` = {v}" for k, v in cfg.inits.items())
     return [*stage_lines(cfg),
@@ -86,7 +97,7 @@ def run_study(cfg: StudyConfig) -> list[dict]:
     figures = study_figures(cfg, rows)
     published = read_baselines(resolve_baselines(cfg.published_baselines))
     write_report(out / "report.md", f"Transfer study: {out.name}", summary_lines(cfg), rows,
-                 cfg.data.datasets, published, figures, size=cfg.data.size)
+                 cfg.data.datasets, published, figures, size=cfg.data.size, evidence=study_evidence(rows, out))
     logger.info("study: %d cells, report in %s", len(rows), out / "report.md")
     return rows
 
