@@ -37,7 +37,7 @@ def run_cli(case: str, path: str, steps: int, batch: int, out: Path) -> float:
               "train.progress=false", f"output_dir={out}"]
     if case in FINETUNE:
         cmd = ["-m", "medformer", "finetune", "--config", str(REPO / "configs/finetune/pneumoniamnist_small.yaml"),
-               f"data.datasets=[{FINETUNE[case]}]", "train.epochs=1", "train.eval_test=false", *common]
+               f"data.datasets=[{FINETUNE[case]}]", "train.epochs=100", "train.eval_test=false", *common]  # max_steps ends it
     else:
         cmd = ["-m", "medformer", "pretrain", "--config", str(REPO / f"configs/pretrain/{case}_small.yaml"),
                "data.datasets=[pneumoniamnist]", "monitor.knn_every=0", "train.epochs=1", *common]

@@ -16,7 +16,7 @@ COLUMNS = (
     *KEY_COLUMNS,
     *(f"test_{m}" for m in METRICS),
     *(f"val_{m}" for m in METRICS),
-    "epochs_to_best", "train_seconds", "error",
+    "epochs_to_best", "train_seconds", "train_samples", "error",
 )
 
 
@@ -42,6 +42,8 @@ def cell_row(cell: Cell, directory: Path) -> dict:
     best = stats.get("epochs_to_best", stats["best_epoch"] + 1 if "best_epoch" in stats else None)
     row["epochs_to_best"] = best if best is not None else math.nan
     row["train_seconds"] = stats.get("train_seconds", math.nan)
+    samples = stats.get("steps", 0) * stats.get("batch_size", 0) * stats.get("num_processes", 1)
+    row["train_samples"] = samples or math.nan
     return row
 
 
