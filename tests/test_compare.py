@@ -66,3 +66,35 @@ def test_ranking_is_not_testable_with_one_block_or_one_init():
     assert "not testable" in friedman_nemenyi({("x",): {"a": 0.8}, ("y",): {"a": 0.7}}).note
     two = friedman_nemenyi({(i,): {"a": 0.8, "b": 0.7} for i in range(6)})
     assert "sign test" in two.note and two.p_value == pytest.approx(2 / 2**6) and not math.isnan(two.critical_difference)
+
+
+def _study_rows(tmp_path, gap: float, seeds=(0, 1, 2), n=400):
+    """results.csv-like rows of two inits on pneumoniamnist, with saved test predictions."""
+    from medformer.eval.predictions import write_predictions
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, (n, 1))
+    rows = []
+    for init, strength in (("good", 1.0 + gap), ("plain", 1.0)):
+        for s in seeds:
+            cell = f"{init}-s{s}"
+            scores = 1 / (1 + np.exp(-(labels[:, 0] * strength + rng.normal(0, 1.0, n))))
+            write_predictions(tmp_path / cell, "pneumoniamnist", "test", scores, labels)
+            rows.append({"cell_id": cell, "init": init, "dataset": "pneumoniamnist", "model": "medformer_small",
+                         "mode": "full", "fraction": 1.0, "seed": s, "status": "done",
+                         "test_auc": auc(labels, scores, BINARY)})
+    return rows
+
+
+def test_recommendation_names_the_winner_only_when_the_evidence_says_so(tmp_path):
+    from medformer.study.evidence import paired_comparisons, recommendations
+
+    clear = _study_rows(tmp_path / "clear", gap=1.0)
+    (rec,) = recommendations(clear, paired_comparisons(clear, tmp_path / "clear", n_resamples=300))
+    assert rec.best == "good" and rec.tied == [] and rec.against.result.significant and rec.against.result.delta > 0
+    tie = _study_rows(tmp_path / "tie", gap=0.0)
+    (rec,) = recommendations(tie, paired_comparisons(tie, tmp_path / "tie", n_resamples=300))
+    assert rec.tied and not rec.against.result.significant
+    alone = [r for r in clear if r["init"] == "good"]
+    (rec,) = recommendations(alone, paired_comparisons(alone, tmp_path / "clear"))
+    assert rec.against is None and "not testable" in rec.note
