@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 
 from ..config import AugmentConfig, ConfigError, DataConfig
+from .bank import ImageBank, keep_batch, use_bank
 from .batch import collate
 from .domains import dataset_info
 from .medmnist import DataError, MedMNISTDataset, stratified_fraction
@@ -126,8 +127,6 @@ def train_batches(
     its transforms) streams through DataLoader workers. `dataset` is `parts` or wraps it
     (pseudo-labels, whose `labels` the bank then reads).
     """
-    from .bank import ImageBank, keep_batch, use_bank
-
     by_dataset = parts if data.batch_by_dataset else None
     if use_bank(data, parts):
         bank = ImageBank(parts, seed, device, pseudolabels=None if dataset is parts else dataset)
