@@ -500,3 +500,27 @@ def test_missing_or_empty_dicom_dir_writes_nothing(tmp_path, capsys, folder):
     assert code == 2 and "\n" not in err and err.startswith("pseudolabel: error: DICOM folder")
     assert ("not found; set data.dicom_dir" if folder == "missing" else "is empty; put DICOM files") in err
     assert not out.exists() and not (tmp_path / "cache").exists()
+
+
+def test_in_memory_batches_of_a_dicom_cache_equal_the_per_sample_items(ingested):
+    """The ImageBank path (augmentation on the device) reads a DICOM cache as the per-sample path
+    does: gray and RGB 2D samples in their own groups, volumes, per-sample domains and indices."""
+    import torch
+
+    from medformer.data.bank import DeviceAugment, ImageBank
+    from medformer.data.batch import collate
+    from medformer.data.loaders import EpochConcat, SeededTransform
+    from medformer.data.transforms import eval_transform
+
+    _, cache, index, _ = ingested
+    concat = EpochConcat([SeededTransform(DicomDataset(cache, dim), eval_transform(), 0) for dim in ("2d", "3d")])
+    positions = list(range(len(concat)))[::-1]
+    batch = DeviceAugment({"2d": None, "3d": None})(ImageBank(concat, seed=0).__getitems__(positions))
+    reference = collate([concat[p] for p in positions])
+    assert batch["index"].tolist() == reference["index"].tolist()
+    assert batch["inputs"].modality == reference["inputs"].modality
+    assert batch["inputs"].body_part == reference["inputs"].body_part and batch["inputs"].task == reference["inputs"].task
+    got = {tuple(sorted(r.tolist())): x[torch.argsort(r)] for x, r in batch["inputs"].groups}
+    for x, rows in reference["inputs"].groups:
+        torch.testing.assert_close(got[tuple(sorted(rows.tolist()))], x[torch.argsort(rows)])
+    assert len(reference["inputs"].groups) >= 2
