@@ -45,12 +45,15 @@ class _Part:
     channels: Tensor | None  # per-sample channel count where a part mixes gray and RGB (DICOM)
     labels: Tensor | None  # long [N] or float [N, L] (multi-label)
     index: np.ndarray  # each sample's index in its source (the items' "index")
-    modality: list[str] | str
-    body_part: list[str] | str
-    task: list[str] | str
+    modality: np.ndarray | str  # one per sample (DICOM) or one for the part
+    body_part: np.ndarray | str
+    task: str
 
-    def pick(self, values: list[str] | str, rows: np.ndarray) -> list[str]:
-        return [values] * len(rows) if isinstance(values, str) else [values[r] for r in rows]
+    def domains(self, local: np.ndarray) -> dict[str, np.ndarray | str]:
+        """Each batch row's metadata for the samples at `local` (a str broadcasts)."""
+        pick = lambda v: v if isinstance(v, str) else v[local]  # noqa: E731
+        return {"dim": self.dim, "dataset": self.flag, "task": self.task,
+                "modality": pick(self.modality), "body_part": pick(self.body_part)}
 
 
 def _medmnist_part(base: MedMNISTDataset, device: torch.device) -> _Part:
@@ -73,8 +76,8 @@ def _dicom_part(base: DicomDataset, device: torch.device) -> _Part:
     channels = torch.tensor([r.channels for r in base.records]) if base.dim == "2d" else None
     labels = None if base.labels is None else torch.as_tensor(base.labels).long().to(device)
     return _Part(base.info.flag, base.dim, _salt(base.info.flag), images.contiguous().to(device), channels, labels,
-                 base.sample_indices.copy(), [r.modality for r in base.records], [r.body_part for r in base.records],
-                 base.task)
+                 base.sample_indices.copy(), np.array([r.modality for r in base.records], dtype=object),
+                 np.array([r.body_part for r in base.records], dtype=object), base.task)
 
 
 def _salt(flag: str) -> int:
@@ -86,12 +89,9 @@ def bank_bytes(parts: Sequence[Dataset]) -> int | None:
     total = 0
     for part in parts:
         base = getattr(part, "base", part)
-        if isinstance(base, MedMNISTDataset):
-            total += len(base) * int(np.prod(base.images.shape[1:]))
-        elif isinstance(base, DicomDataset):
-            total += len(base) * int(np.prod(base.images.shape[1:]))
-        else:
+        if not isinstance(base, (MedMNISTDataset, DicomDataset)):
             return None
+        total += len(base) * int(np.prod(base.images.shape[1:]))
     return total
 
 
@@ -123,33 +123,27 @@ class ImageBank(Dataset):
         pos = np.asarray(positions, dtype=np.int64)
         which = np.searchsorted(self.cumulative, pos, side="right") - 1
         n = len(pos)
-        dims, modality, body_part, task = [""] * n, [""] * n, [""] * n, [""] * n
+        meta = {key: np.empty(n, dtype=object) for key in ("dim", "dataset", "task", "modality", "body_part")}
         groups: dict[tuple, list] = {}
         labels: dict[str, list[tuple[np.ndarray, Tensor]]] = {}
         index = np.zeros(n, dtype=np.int64)
-        datasets = [""] * n
         for k in np.unique(which):
             part = self.parts[k]
             batch_rows = np.nonzero(which == k)[0]
             local = pos[batch_rows] - self.cumulative[k]
             local_t = torch.from_numpy(local).to(part.images.device)
-            images = part.images[local_t]
             seeds = sample_seeds(self.seed, self.epoch, part.salt, local_t)
             rows = torch.from_numpy(batch_rows).to(part.images.device)
-            for sel, imgs in _by_channels(part, local, images):
-                key = (part.dim, *imgs.shape[1:])
-                groups.setdefault(key, []).append((imgs, rows[sel], seeds[sel]))
+            for sel, imgs in _by_channels(part, local, part.images[local_t]):
+                groups.setdefault((part.dim, *imgs.shape[1:]), []).append((imgs, rows[sel], seeds[sel]))
             index[batch_rows] = part.index[local]
-            part_tasks = part.pick(part.task, local)
-            for r, j in enumerate(batch_rows):
-                dims[j], datasets[j], task[j] = part.dim, part.flag, part_tasks[r]
-            for r, (m, b) in enumerate(zip(part.pick(part.modality, local), part.pick(part.body_part, local), strict=True)):
-                modality[batch_rows[r]], body_part[batch_rows[r]] = m, b
+            for key, values in part.domains(local).items():
+                meta[key][batch_rows] = values
             if part.labels is not None:
-                labels.setdefault(part.task if isinstance(part.task, str) else "", []).append(
-                    (batch_rows, part.labels[local_t]))
-        raw = RawImages([(d[0], *map(torch.cat, zip(*g, strict=True))) for d, g in groups.items()], dims, modality, body_part,
-                        task)
+                labels.setdefault(part.task, []).append((batch_rows, part.labels[local_t]))
+        raw = RawImages([(d[0], *map(torch.cat, zip(*g, strict=True))) for d, g in groups.items()],
+                        *(meta[key].tolist() for key in ("dim", "modality", "body_part", "task")))
+        datasets = meta["dataset"].tolist()
         batch = {"raw": raw, "index": torch.from_numpy(index), "dataset": datasets}
         if labels and sum(len(r) for parts in labels.values() for r, _ in parts) == n:
             batch["targets"] = _targets(labels)

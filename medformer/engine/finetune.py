@@ -15,8 +15,7 @@ from ..data.loaders import augment_factory, eval_loaders, train_batches, train_d
 from ..data.samplers import DatasetBalancedSampler
 from ..data.transforms import eval_transform
 from ..data.transforms.batched import batch_train_transform
-from ..eval.evaluate import evaluate_tasks, predict
-from ..eval.metrics import medmnist_metrics
+from ..eval.evaluate import evaluate_tasks
 from ..eval.predictions import write_predictions
 from ..models.factory import is_medformer
 from ..objectives.class_balance import KEEPS_PRIOR, class_weights, prior_offset
@@ -154,11 +153,12 @@ def evaluate_best(cfg: FinetuneConfig, trainer: Trainer, val: dict, accelerator)
                           eval_loaders(cfg.data, "test", cfg.train.batch_size, eval_transform()).items()}
     metrics: dict = {}
     for split, loaders in splits.items():
-        for flag, loader in loaders.items():
-            scores, labels = predict(trainer.model, loader, accelerator, flag)
-            metrics.setdefault(flag, {})[split] = medmnist_metrics(labels, scores, dataset_info(flag).task)
+        def save(flag, scores, labels, split=split):
             if accelerator.is_main_process:
                 write_predictions(out, flag, split, scores, labels)
+
+        for flag, m in evaluate_tasks(trainer.model, loaders, accelerator, save).items():
+            metrics.setdefault(flag, {})[split] = m
     return metrics
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from accelerate import Accelerator
@@ -31,10 +33,15 @@ def predict(model: nn.Module, loader, accelerator: Accelerator, task: str) -> tu
     return torch.cat(all_scores).numpy(), torch.cat(all_labels).numpy()
 
 
-def evaluate_tasks(model: nn.Module, loaders: dict, accelerator: Accelerator) -> dict[str, dict[str, float]]:
-    """{task: {auc, acc, f1, balanced_acc, mcc}} for each task's loader."""
+def evaluate_tasks(model: nn.Module, loaders: dict, accelerator: Accelerator,
+                   on_predictions: Callable[[str, np.ndarray, np.ndarray], None] | None = None,
+                   ) -> dict[str, dict[str, float]]:
+    """{task: {auc, acc, f1, balanced_acc, mcc}} for each task's loader; `on_predictions(task, scores,
+    labels)` sees each task's per-sample predictions (e.g. to save them)."""
     out = {}
     for task, loader in loaders.items():
         scores, labels = predict(model, loader, accelerator, task)
         out[task] = medmnist_metrics(labels, scores, dataset_info(task).task)
+        if on_predictions is not None:
+            on_predictions(task, scores, labels)
     return out

@@ -57,15 +57,12 @@ def prior_offset(labels: np.ndarray, task: str, n_classes: int, weights: torch.T
     unweighted optimum. Exact for multi-class (log w), binary (log w1/w0) and multi-label (log
     pos_weight); for ordinal heads, the shift of each cumulative logit at the prior.
     """
-    labels = np.asarray(labels)
     w = weights.double().numpy()
-    if task == MULTI_LABEL:
+    if task in (MULTI_LABEL, MULTI_CLASS):
         return torch.tensor(np.log(np.maximum(w, 1e-12)), dtype=torch.float32)
-    counts = np.bincount(labels.reshape(-1).astype(np.int64), minlength=n_classes).astype(np.float64)
+    counts = np.bincount(np.asarray(labels).reshape(-1).astype(np.int64), minlength=n_classes).astype(np.float64)
     prior = counts / counts.sum()
     weighted = prior * w / (prior * w).sum()
-    if task == MULTI_CLASS:
-        return torch.tensor(np.log(np.maximum(w, 1e-12)), dtype=torch.float32)
     # binary (one logit: P(y > 0)) and ordinal (cumulative logits P(y > k), k < K - 1)
     k = 1 if task == BINARY else n_classes - 1
     above = lambda p: np.array([p[j + 1:].sum() for j in range(k)])  # noqa: E731

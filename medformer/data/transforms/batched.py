@@ -21,7 +21,7 @@ from torchvision.transforms.v2 import functional as F
 
 from medformer.config import AugmentConfig
 
-from .augment import _ALL_OPS, _COLOR_OPS, RAND_AUGMENT_OPS
+from .augment import RAND_AUGMENT_OPS, RandAugment
 from .primitives import normalize
 from .sample_random import SampleRandom
 from .views import ViewConfig, _blur_kernel
@@ -277,13 +277,10 @@ class BatchRandAugment:
 
     def __init__(self, num_ops: int = 2, magnitude: float = 9, num_magnitude_bins: int = 31,
                  ops: Sequence[str] = RAND_AUGMENT_OPS):
-        unknown = sorted(set(ops) - _ALL_OPS)
-        if unknown:
-            raise ValueError(f"unknown RandAugment op {unknown[0]!r}; choose from {sorted(_ALL_OPS)}")
-        self.num_ops = int(num_ops)
-        self.m = float(magnitude) / (num_magnitude_bins - 1)
-        self.ops = tuple(ops) or ("Identity",)
-        self.gray_ops = tuple(op for op in self.ops if op not in _COLOR_OPS) or ("Identity",)
+        spec = RandAugment(num_ops, magnitude, num_magnitude_bins, ops)  # the per-sample one checks the settings
+        self.num_ops = spec.num_ops
+        self.m = spec.magnitude / (spec.num_magnitude_bins - 1)
+        self.ops, self.gray_ops = spec.ops, spec.gray_ops
 
     def draw(self, rng: SampleRandom, channels: int) -> list[tuple[Tensor, Tensor]]:
         """(op index [B], sign [B]) per slot."""
