@@ -159,6 +159,8 @@ class FinetuneConfig:
 def _type_name(tp: Any) -> str:
     if typing.get_origin(tp) is Literal:
         return " or ".join(map(repr, typing.get_args(tp)))
+    if tp is type(None):
+        return "null"
     return getattr(tp, "__name__", str(tp))
 
 

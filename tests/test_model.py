@@ -104,9 +104,19 @@ def test_sizes_keep_the_thesis_body(suffix):
     n_small = count_parameters(Medformer(small, [dataset_info("pneumoniamnist")]))
     assert 0.5e6 < n_small < 1.5e6
     assert (small.stem, large.stem) == (("patch", "patch") if suffix else ("conv", "conv"))
+    # the default sizes read volumes by patchify, the thesis sizes too
+    assert Medformer(small).input_adapt.patch_3d.__class__ is torch.nn.Conv3d
 
 
-@pytest.mark.parametrize("name", ["medformer_small", "medformer_small_thesis"])
+def test_an_unknown_stem_stops_with_the_key():
+    from medformer.config import ConfigError, ModelConfig
+    from medformer.engine.build import check_model
+
+    with pytest.raises(ConfigError, match="model.overrides.stem_3d"):
+        check_model(ModelConfig(name="medformer_small", overrides={"stem_3d": "cnn"}))
+
+
+@pytest.mark.parametrize("name", ["medformer_small", "medformer_small_thesis", "medformer_small_conv3d"])
 def test_every_stem_reads_pixels_onto_the_patch_grid(name):
     """Thesis patchify and conv stem give one token per 4x4 patch, 2D and 3D; a gray image reads as
     the same image replicated to RGB."""
@@ -135,17 +145,18 @@ def test_stems_are_called_once_per_dim_on_a_mixed_batch():
         torch.testing.assert_close(model.encode(inputs.select(torch.tensor([row])))[0], together[row], atol=1e-5, rtol=1e-5)
 
 
-def test_encoder_of_another_size_fails_with_the_name_to_use(tmp_path):
-    """An encoder saved before medformer_small gained its conv stem loads by its thesis name; into
-    the new default it fails with one line naming that size."""
+@pytest.mark.parametrize("old", ["medformer_small_thesis", "medformer_small_conv3d"])
+def test_encoder_of_another_size_fails_with_the_name_to_use(tmp_path, old):
+    """Encoders saved before medformer_small gained its conv stem (thesis), or before it read volumes
+    by patchify (conv3d), load by that name; into the new default they fail with one line naming it."""
     from medformer.engine.checkpoint import CheckpointError, load_weights, save_weights
 
     infos = [dataset_info("pneumoniamnist")]
-    save_weights(Medformer(medformer_config("medformer_small_thesis"), infos), tmp_path / "old.safetensors")
-    with pytest.raises(CheckpointError, match="model.name=medformer_small_thesis") as err:
+    save_weights(Medformer(medformer_config(old), infos), tmp_path / "old.safetensors")
+    with pytest.raises(CheckpointError, match=f"model.name={old}$") as err:
         load_weights(Medformer(medformer_config("medformer_small"), infos), tmp_path / "old.safetensors")
     assert "\n" not in str(err.value)
-    report = load_weights(Medformer(medformer_config("medformer_small_thesis"), infos), tmp_path / "old.safetensors")
+    report = load_weights(Medformer(medformer_config(old), infos), tmp_path / "old.safetensors")
     assert not report["missing"] and not report["unexpected"]
 
 
