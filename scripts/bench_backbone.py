@@ -10,7 +10,8 @@ peak memory, published numbers) to docs/results/backbone_benchmark.{json,md}.
     python scripts/bench_backbone.py --seeds --baseline-seeds --size64-root DIR [--size64-no-md5]
         # medformer_small at data.size=64 on each {flag}_64.npz in DIR (10 minutes each, time schedule)
 
-Cells are normal fine-tunes, resumable: a rerun skips what is done.
+Cells are normal fine-tunes, resumable: a rerun skips what is done. The tables also keep the runs of
+the earlier results file that no run here replaces (same model, dataset, seed); --fresh drops them.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ BASELINES_3D = ["medformer_small_thesis", "resnet18_28"]
 METRICS = ("auc", "acc", "balanced_acc", "mcc")
 # what the benchmark's rows are called for readers
 LABELS = {"medformer_small": "medformer_small (new default)", "medformer_small_thesis": "medformer_small_thesis",
+          "medformer_small_conv3d": "medformer_small_conv3d (conv stem in 3D too)",
           "vit_medformer_body": "plain ViT, same body (timm)", "resnet18_28": "ResNet-18 (28 px stem; R3D-18 for 3D)"}
 
 
@@ -109,6 +111,16 @@ def size64_records(out: Path) -> list[dict]:
             for r in run_records(d, "medformer_small", 0)]
 
 
+def with_previous(records: list[dict], results_json: Path) -> list[dict]:
+    """`records`, then the runs of an earlier results file that no fresh run replaces (same model,
+    dataset and seed): cell folders need not all live on one machine or in one checkout."""
+    if not results_json.is_file():
+        return records
+    key = lambda r: (r["model"], r["dataset"], r["seed"])  # noqa: E731
+    fresh = {key(r) for r in records}
+    return records + [r for r in json.loads(results_json.read_text())["runs"] if key(r) not in fresh]
+
+
 def summarize(records: list[dict]) -> list[dict]:
     """Mean and sd over seeds per (dataset, model)."""
     groups: dict[tuple[str, str], list[dict]] = {}
@@ -160,6 +172,7 @@ def main() -> None:
     p.add_argument("--size64-root", type=Path, help="folder of {flag}_64.npz files to train at 64 px / 64³")
     p.add_argument("--size64-no-md5", action="store_true", help="files that are not the official ones")
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--fresh", action="store_true", help="drop the runs of the earlier results file that no run here replaces")
     p.add_argument("--results", default=str(REPO / "docs" / "results" / "backbone_benchmark"))
     a = p.parse_args()
     out = Path(a.out)
@@ -181,6 +194,8 @@ def main() -> None:
         if a.size64_root:
             run_size64(a.size64_root, not a.size64_no_md5, out)
     records = [r for name in stages for r in cell_records(out / name)] + multitask_records(out) + size64_records(out)
+    if not a.fresh:
+        records = with_previous(records, Path(a.results + ".json"))
     rows = summarize(records)
     result = {
         "command": " ".join(["python", *sys.argv]),

@@ -15,24 +15,9 @@ from finetune.__main__ import main as finetune_main
 from medformer.config import ModelConfig, TrainConfig
 from medformer.data.batch import make_inputs
 from medformer.data.domains import dataset_info
-from medformer.data.synthetic import synthetic_info
-from medformer.data.synthetic_dense import (
-    dense_inputs,
-    synthetic_regression,
-    synthetic_segmentation,
-)
 from medformer.engine.protocols import apply_finetune_mode, layer_decay_scales
 from medformer.engine.trainer import build_optimizer
-from medformer.eval.dense_metrics import regression_metrics, segmentation_metrics
 from medformer.models.cnn import RADIOLOGYNET_CNNS
-from medformer.models.dense_heads import (
-    AuxRegressor,
-    MedformerDenseEncoder,
-    SegmentationModel,
-    TimmDenseEncoder,
-    regression_loss,
-    segmentation_loss,
-)
 from medformer.models.factory import create_model
 from medformer.objectives.supervised import SupervisedObjective
 
@@ -188,83 +173,3 @@ def test_imagenet_init_offline_fails_at_once_or_uses_the_hub_cache(monkeypatch, 
     monkeypatch.setattr(cnn, "cached_hub_weights", lambda name: str(tmp_path / "cached.safetensors"))
     model = create_model(ModelConfig(name="resnet18"), [dataset_info("pneumoniamnist")], pretrained=True)
     assert torch.equal(model.encoder_2d.conv1.weight, reference.conv1.weight)
-
-
-# -- regression and segmentation heads ------------------------------------------------------------
-@pytest.fixture
-def synthetic_flag() -> str:
-    synthetic_info("synthdense", "2d", "binary-class", 2, 1)
-    return "synthdense"
-
-
-def tiny_medformer(flag: str):
-    torch.manual_seed(0)
-    return create_model(TINY_MF, [dataset_info(flag)])
-
-
-def test_aux_regression_learns_and_uses_the_aux_input(synthetic_flag):
-    x, aux, y = synthetic_regression(256, seed=0)
-    xv, auxv, yv = synthetic_regression(128, seed=1)
-    model = AuxRegressor(tiny_medformer(synthetic_flag), aux_dim=1)
-    optimizer = torch.optim.AdamW(model.parameters(), 2e-3)
-    losses = []
-    for _ in range(5):
-        for i in range(0, len(x), 32):
-            loss = regression_loss(model(dense_inputs(x[i:i + 32], synthetic_flag, aux[i:i + 32])), y[i:i + 32])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-    model.eval()
-    with torch.no_grad():
-        pred = model(dense_inputs(xv, synthetic_flag, auxv))
-    metrics = regression_metrics(pred, yv)
-    baseline = regression_metrics(torch.full_like(yv, float(y.mean())), yv)
-    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
-    assert metrics["mae"] < 0.7 * baseline["mae"] and metrics["rmse"] < baseline["rmse"]
-    with pytest.raises(KeyError, match="aux"):
-        model(dense_inputs(xv[:2], synthetic_flag))
-
-
-def test_medformer_segmentation_learns_dice_above_untrained(synthetic_flag):
-    x, masks = synthetic_segmentation(96, seed=0)
-    xv, mv = synthetic_segmentation(48, seed=1)
-    model = SegmentationModel(MedformerDenseEncoder(tiny_medformer(synthetic_flag)), n_classes=2)
-
-    def dice() -> float:
-        model.eval()
-        with torch.no_grad():
-            pred = model(dense_inputs(xv, synthetic_flag)).argmax(1)
-        model.train()
-        return segmentation_metrics(pred, mv, 2)["dice"]
-
-    untrained = dice()
-    optimizer = torch.optim.AdamW(model.parameters(), 3e-3)
-    losses = []
-    for _ in range(3):
-        for i in range(0, len(x), 16):
-            loss = segmentation_loss(model(dense_inputs(x[i:i + 16], synthetic_flag)), masks[i:i + 16])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-    trained = dice()
-    assert sum(losses[-3:]) / 3 < 0.6 * sum(losses[:3]) / 3
-    assert trained > max(0.6, untrained + 0.2), (untrained, trained)
-
-
-def test_cnn_segmentation_decoder_output_shape(synthetic_flag):
-    model = SegmentationModel(TimmDenseEncoder("resnet18"), n_classes=3).eval()
-    with torch.no_grad():
-        logits = model(dense_inputs(torch.randn(2, 1, 28, 28), synthetic_flag))
-    assert logits.shape == (2, 3, 28, 28)
-
-
-def test_dense_metrics_on_known_values():
-    target = torch.tensor([[[0, 1], [1, 1]]])
-    pred = torch.tensor([[[0, 1], [1, 0]]])
-    m = segmentation_metrics(pred, target, 2)
-    assert m["dice"] == pytest.approx(2 * 2 / (2 + 3)) and m["iou"] == pytest.approx(2 / 3)
-    assert segmentation_metrics(target, target, 2)["dice"] == 1.0
-    r = regression_metrics([1.0, 2.0, 3.0], [1.0, 2.0, 5.0])
-    assert r["mae"] == pytest.approx(2 / 3) and r["rmse"] == pytest.approx((4 / 3) ** 0.5)
