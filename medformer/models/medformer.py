@@ -46,15 +46,16 @@ class MedformerConfig:
     stem: Literal["patch", "conv"] = "patch"
     stem_width: int = ranged(32, ge=1)  # channels of the conv stem's first layer, doubled at each stride-2 layer
     stem_layers: int = ranged(0, ge=0)  # 3x3 convs in the conv stem: log2(patch_size) stride-2 ones after stride-1 ones (0: none)
-    stem_norm: Literal["batch", "group", "layer", "none"] = "group"  # batch | group | layer | none: the conv stem's normalisation
+    stem_norm: Literal["batch", "group", "layer", "none"] = "group"  # the conv stem's normalisation
     stem_3d: Literal["patch", "conv"] | None = None  # the stem for volumes (None: as `stem`)
 
 
 _LARGE = dict(hidden_dim=512, depth=6, heads=8, mlp_ratio=4.0, patch_size=16, latent_dim=256,
               num_latent_tokens=512, image_size_2d=224, image_size_3d=64)
 _CONV_STEM = dict(stem="conv", stem_norm="batch")
-# conv stem for images, patchify for volumes: on AdrenalMNIST3D the patchify stem learned
-# (AUC 0.814, MCC 0.30 over 3 seeds) where the 3D conv stem mostly predicted the prior, at 2.8x its speed
+# conv stem for images, patchify for volumes: on AdrenalMNIST3D the patchify stem learned in every
+# seed (AUC 0.80, MCC 0.30 over 3 seeds) where the 3D conv stem mostly predicted the prior, at twice
+# its speed (docs/benchmarks.md, "Which backbone")
 _DEFAULT_STEMS = dict(**_CONV_STEM, stem_3d="patch")
 SIZES: dict[str, MedformerConfig] = {
     "medformer_small": MedformerConfig(**_DEFAULT_STEMS),
