@@ -1,11 +1,11 @@
 """Explainability panels of a fine-tuned cell: Grad-CAM for CNNs, attention rollout for Medformer.
 
 Test images are grouped TP/FP/FN/TN (binary tasks; correct/wrong otherwise), the most confident
-of each group shown with its map. Grad-CAM is implemented here (a forward hook and one backward
-pass) rather than through pytorch-grad-cam, to keep the dependency list as it is. The Medformer
-map follows the information path to the task head: task latent -> body tokens (Output
-Adaptformer attention), through the body blocks (attention rollout with the residual), then
-latents -> patches (Input Adaptformer cross-attention).
+of each group shown with its map. Grad-CAM comes from pytorch-grad-cam, at R3D-18's layer3 for
+volumes and at the deepest timm stage with a map of at least 4 px for images. The Medformer map
+follows the information path to the task head: task latent -> body tokens (Output Adaptformer
+attention), through the body blocks (attention rollout with the residual), then latents ->
+patches (Input Adaptformer cross-attention).
 """
 
 from __future__ import annotations
