@@ -177,7 +177,7 @@ class InputAdaptformer(nn.Module):
         self.proj = nn.Linear(cfg.latent_dim, d)
         self.latent_dim = cfg.latent_dim
         self.num_tokens = cfg.num_latent_tokens + 3
-        self.stem_batchnorm = has_batchnorm(self.patch_2d) or has_batchnorm(self.patch_3d)
+        self.stem_batchnorm = has_batchnorm(self)  # as CNNModel: synced BatchNorm needs equal stem calls
 
     def add_domain(self, modality: str, body_part: str) -> None:
         if modality not in self.modality_latents:
