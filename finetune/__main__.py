@@ -4,7 +4,7 @@ import sys
 
 from medformer.cli import run_entry
 from medformer.config import FinetuneConfig
-from medformer.engine.finetune import run_finetune
+from medformer.runs.finetune import run_finetune
 
 
 def main(argv: list[str] | None = None) -> int:

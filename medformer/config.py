@@ -150,7 +150,7 @@ class FinetuneConfig:
     init: str = "scratch"  # scratch | imagenet | path to a checkpoint dir or .safetensors
     resume: str | None = None  # output_dir of a run to continue
     loss_weights: dict[str, float] = field(default_factory=dict)  # per task; default 1
-    finetune_mode: Literal["full", "linear_probe", "head_only"] = "full"  # see medformer.engine.protocols
+    finetune_mode: Literal["full", "linear_probe", "head_only"] = "full"  # see medformer.runs.modes
     # loss weight of each class from the training labels' counts (medformer.objectives.class_balance);
     # balanced_prior: balanced weights, predictions kept at the training prior
     class_weights: Literal["none", "sqrt", "balanced", "balanced_prior"] = "none"

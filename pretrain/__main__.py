@@ -3,8 +3,8 @@
 import sys
 
 from medformer.cli import run_entry
-from medformer.engine.pretrain import run_pretrain
 from medformer.objectives.ssl_config import PretrainConfig
+from medformer.runs.pretrain import run_pretrain
 
 
 def main(argv: list[str] | None = None) -> int:

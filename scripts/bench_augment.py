@@ -54,7 +54,7 @@ def model_only(case: str, steps: int, batch: int) -> float:
     from medformer.data.loaders import train_dataset
     from medformer.data.transforms import ViewConfig, eval_transform
     from medformer.data.transforms.batched import batch_view_transform
-    from medformer.engine.build import build_model
+    from medformer.models.build import build_model
     from medformer.objectives.ssl import build_ssl_objective
     from medformer.objectives.supervised import SupervisedObjective
 

@@ -30,9 +30,9 @@ import medformer.models.attention as attention_module  # noqa: E402
 from medformer.config import ModelConfig  # noqa: E402
 from medformer.data.batch import make_inputs  # noqa: E402
 from medformer.data.domains import dataset_info  # noqa: E402
-from medformer.engine.pretrain import run_pretrain  # noqa: E402
 from medformer.models.factory import create_model  # noqa: E402
 from medformer.objectives.ssl import SSL_METHODS  # noqa: E402
+from medformer.runs.pretrain import run_pretrain  # noqa: E402
 
 XOPS = attention_module.xops
 

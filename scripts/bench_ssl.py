@@ -34,12 +34,12 @@ from accelerate.state import AcceleratorState, GradientState
 from threadpoolctl import threadpool_limits
 
 from medformer.config import FinetuneConfig, load_config
-from medformer.engine.finetune import run_finetune
-from medformer.engine.pretrain import run_pretrain
 from medformer.eval.probe import C_GRID, run_probe, summarize_test
 from medformer.objectives.ssl import SSL_METHODS
 from medformer.objectives.ssl_config import PretrainConfig
-from medformer.pseudolabels.run import PseudoLabelConfig, run_pseudolabel
+from medformer.runs.finetune import run_finetune
+from medformer.runs.pretrain import run_pretrain
+from medformer.runs.pseudolabel import PseudoLabelConfig, run_pseudolabel
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = ["pneumoniamnist", "breastmnist", "retinamnist", "adrenalmnist3d"]

@@ -60,7 +60,7 @@ SALT = b"fixed test salt!"  # ingestion draws a fresh one; tests fix it to map p
 
 @pytest.fixture(autouse=True)
 def known_salt(monkeypatch):
-    monkeypatch.setattr(dicom, "_new_salt", lambda: SALT)
+    monkeypatch.setattr("medformer.data.dicom.ingest._new_salt", lambda: SALT)
 
 
 def plain_paths(src: Path) -> dict[str, str]:
@@ -123,7 +123,7 @@ def ingested(tmp_path_factory):
     cache = tmp_path_factory.mktemp("pydicom_cache")
     start = time.perf_counter()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(dicom, "_new_salt", lambda: SALT)
+        mp.setattr("medformer.data.dicom.ingest._new_salt", lambda: SALT)
         index = ingest_dicom(src, cache, CFG)
     return src, cache, index, time.perf_counter() - start
 
@@ -381,7 +381,7 @@ def _write_patients(src: Path) -> dict[str, str]:
 
 
 def test_no_patient_identifier_written_anywhere(tmp_path):
-    from medformer.pseudolabels.run import PseudoLabelConfig, PseudoLabelDataConfig, run_pseudolabel
+    from medformer.runs.pseudolabel import PseudoLabelConfig, PseudoLabelDataConfig, run_pseudolabel
 
     src = tmp_path / "dicoms"
     ids = _write_patients(src)
@@ -487,7 +487,7 @@ def test_pydicom_noise_stays_out_of_console(hostile_run):
 
 @pytest.mark.parametrize("folder", ["missing", "empty"])
 def test_missing_or_empty_dicom_dir_writes_nothing(tmp_path, capsys, folder):
-    from medformer.pseudolabels.__main__ import main
+    from medformer.runs.pseudolabel import main
 
     if folder == "empty":
         (tmp_path / folder / "sub").mkdir(parents=True)

@@ -18,8 +18,8 @@ import pytest
 from finetune.__main__ import main as finetune_main
 from medformer.cli import run_entry
 from medformer.config import ConfigError, FinetuneConfig, load_config
-from medformer.engine.lock import RunLock, RunLockedError
 from medformer.engine.trainer import TrainerState
+from medformer.runs.lock import RunLock, RunLockedError
 from medformer.study import StudyConfig
 from medformer.study.cells import enumerate_cells
 from medformer.study.runner import cell_dir, is_done, run_cell
@@ -103,20 +103,20 @@ def test_only_user_errors_become_one_line_messages(capsys):
 
 
 def test_study_cell_records_a_bug_as_a_crash_not_a_user_error(monkeypatch, tmp_path):
-    import medformer.engine.finetune as finetune
+    import medformer.study.runner as runner
     from medformer.study.runner import ERROR_PREFIX, run_inprocess
 
     def buggy(cfg):
         raise ValueError("internal bug")
 
-    monkeypatch.setattr(finetune, "run_finetune", buggy)
+    monkeypatch.setattr(runner, "run_finetune", buggy)
     cfg = load_config(StudyConfig, SMOKE, [f"output_dir={tmp_path}"])
     assert run_inprocess(cfg, [], tmp_path) == "ValueError: internal bug"
 
     def user_mistake(cfg):
         raise ConfigError("config key 'x' is bad")
 
-    monkeypatch.setattr(finetune, "run_finetune", user_mistake)
+    monkeypatch.setattr(runner, "run_finetune", user_mistake)
     assert run_inprocess(cfg, [], tmp_path) == f"{ERROR_PREFIX} config key 'x' is bad"
 
 

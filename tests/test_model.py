@@ -110,7 +110,7 @@ def test_sizes_keep_the_thesis_body(suffix):
 
 def test_an_unknown_stem_stops_with_the_key():
     from medformer.config import ConfigError, ModelConfig
-    from medformer.engine.build import check_model
+    from medformer.models.build import check_model
 
     with pytest.raises(ConfigError, match="model.overrides.stem_3d"):
         check_model(ModelConfig(name="medformer_small", overrides={"stem_3d": "cnn"}))
@@ -149,7 +149,7 @@ def test_stems_are_called_once_per_dim_on_a_mixed_batch():
 def test_encoder_of_another_size_fails_with_the_name_to_use(tmp_path, old):
     """Encoders saved before medformer_small gained its conv stem (thesis), or before it read volumes
     by patchify (conv3d), load by that name; into the new default they fail with one line naming it."""
-    from medformer.engine.checkpoint import CheckpointError, load_weights, save_weights
+    from medformer.models.weights import CheckpointError, load_weights, save_weights
 
     infos = [dataset_info("pneumoniamnist")]
     save_weights(Medformer(medformer_config(old), infos), tmp_path / "old.safetensors")

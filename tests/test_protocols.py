@@ -15,11 +15,11 @@ from finetune.__main__ import main as finetune_main
 from medformer.config import ModelConfig, TrainConfig
 from medformer.data.batch import make_inputs
 from medformer.data.domains import dataset_info
-from medformer.engine.protocols import apply_finetune_mode, layer_decay_scales
 from medformer.engine.trainer import build_optimizer
 from medformer.models.cnn import RADIOLOGYNET_CNNS
 from medformer.models.factory import create_model
 from medformer.objectives.supervised import SupervisedObjective
+from medformer.runs.modes import apply_finetune_mode, layer_decay_scales
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "configs" / "finetune" / "pneumoniamnist_small.yaml")

@@ -19,7 +19,7 @@ from medformer.pseudolabels.clustering import (
     intra_cluster_cosine_distance,
 )
 from medformer.pseudolabels.features import encoder_embeddings, fuse, pca, standardize
-from medformer.pseudolabels.run import PseudoLabelConfig, PseudoLabelDataConfig, medmnist_pool
+from medformer.runs.pseudolabel import PseudoLabelConfig, PseudoLabelDataConfig, medmnist_pool
 
 POOL = ["pneumoniamnist", "breastmnist", "retinamnist", "adrenalmnist3d"]
 KS = [2, 3, 4, 5, 6, 8, 10, 12, 16]
@@ -117,7 +117,7 @@ def test_clusters_of_real_medmnist_pool_follow_dataset_of_origin(pool_root):
 
 
 def test_encoder_loads_checkpoint_weights(pool_root, tmp_path):
-    from medformer.engine.checkpoint import save_weights
+    from medformer.models.weights import save_weights
     from medformer.pseudolabels.features import build_encoder
 
     data = PseudoLabelDataConfig(datasets=["breastmnist", "adrenalmnist3d"], root=str(pool_root), max_samples_per_dataset=8)

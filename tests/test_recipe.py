@@ -89,7 +89,7 @@ def test_class_weights_reach_the_loss_of_a_real_run(shared_root, tmp_path):
     """A run with balanced weights on BreastMNIST (27% malignant) writes metrics and trains; its
     objective holds the weights computed from the training labels."""
     from medformer.data.loaders import augment_factory, train_dataset
-    from medformer.engine.finetune import train_class_weights
+    from medformer.runs.finetune import train_class_weights
 
     cfg = load_config(FinetuneConfig, None, [f"data.root={shared_root}", "data.datasets=[breastmnist]"])
     weights, offsets = train_class_weights(train_dataset(cfg.data, augment_factory(cfg.augment), 0), "balanced")

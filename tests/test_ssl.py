@@ -21,7 +21,6 @@ from medformer.data.batch import make_inputs
 from medformer.data.domains import BINARY, MULTI_CLASS, MULTI_LABEL, dataset_info
 from medformer.data.loaders import train_dataset, train_loader
 from medformer.data.transforms import MultiViewTransform, ViewConfig
-from medformer.engine.pretrain import check_predictor_lr, predictor_lr_scale
 from medformer.engine.trainer import build_optimizer
 from medformer.eval.bootstrap import paired_bootstrap
 from medformer.eval.metrics import medmnist_metrics
@@ -42,6 +41,7 @@ from medformer.objectives.ssl import (
     build_ssl_objective,
 )
 from medformer.objectives.ssl_config import PretrainConfig, SSLConfig
+from medformer.runs.pretrain import check_predictor_lr, predictor_lr_scale
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = sorted(SSL_METHODS)

@@ -242,8 +242,8 @@ def test_knn_cells_score_the_frozen_encoder_with_the_cells_labeled_images(shared
 def test_full_study_configs_load_and_enumerate_their_grid(name, cells):
     """The GPU-sized studies are valid configs (every key known, stages well-formed) with the grid the docs cost."""
     from medformer.study.cells import enumerate_cells
-    from medformer.study.config import validate
     from medformer.study.stages import resolved_inits
+    from medformer.study.validate import validate
 
     cfg = load_config(StudyConfig, REPO / "configs" / "study" / name)
     validate(cfg)

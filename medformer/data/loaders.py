@@ -11,9 +11,11 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 from ..config import AugmentConfig, ConfigError, DataConfig
 from .bank import ImageBank, keep_batch, use_bank
 from .batch import collate
+from .dicom import DicomDataset, DicomIndex
 from .domains import dataset_info
 from .medmnist import DataError, MedMNISTDataset, stratified_fraction
 from .samplers import DatasetBatchSampler
+from .transforms import train_transform
 
 
 class SeededTransform(Dataset):
@@ -87,8 +89,6 @@ def train_dataset(
 
 def dicom_parts(cache_dir: str) -> list[Dataset]:
     """The 2D and 3D datasets of an ingested DICOM cache (the dims it holds)."""
-    from .dicom import DicomDataset, DicomIndex
-
     try:
         index = DicomIndex.load(cache_dir)
     except DataError:
@@ -148,6 +148,4 @@ def eval_loaders(
 
 
 def augment_factory(augment: AugmentConfig) -> Callable[[str], Callable]:
-    from .transforms import train_transform
-
     return lambda dim: train_transform(augment, dim)

@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 
 from ..config import ConfigError, TrainConfig
 from ..errors import UserError
-from .checkpoint import CheckpointError, load_weights, save_weights, swap_dir
+from ..models.weights import CheckpointError, load_weights, save_weights
+from .checkpoint import swap_dir
 
 STATE_FILE = "trainer_state.json"
 SCHEDULER_FILE = "scheduler.pt"

@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 from torch.utils.data import DataLoader
 
 from ..config import DataConfig, ModelConfig
 from ..data.batch import collate
 from ..data.domains import BINARY, MULTI_LABEL, dataset_info
+from ..data.loaders import SeededTransform, eval_loaders, medmnist_split
+from ..data.transforms import eval_transform
 from ..errors import UserError
+from ..models.weights import load_encoder, run_model_config
 from .metrics import medmnist_metrics
 
 logger = logging.getLogger(__name__)
@@ -158,16 +159,6 @@ class PixelEncoder(nn.Module):
         return images.flatten(1)[torch.argsort(rows)]  # back to batch order
 
 
-def _model_config_of(init: str) -> ModelConfig | None:
-    """The model section of a medformer run folder's config.yaml, if `init` is one."""
-    path = Path(init)
-    config = path / "config.yaml" if path.is_dir() else path.parent / "config.yaml"
-    if not config.is_file():
-        return None
-    section = (yaml.safe_load(config.read_text()) or {}).get("model")
-    return ModelConfig(**section) if isinstance(section, dict) else None
-
-
 def run_probe(
     init: str,
     datasets: Sequence[str],
@@ -196,24 +187,17 @@ def run_probe(
     "_scores": {flag: {split: {"labels": [N, L], method: Evaluator-layout scores}}} with `keep_scores`
     (for paired comparisons of encoders on the same images).
     """
-    from ..data.loaders import SeededTransform, eval_loaders, medmnist_split
-    from ..data.transforms import eval_transform
-    from ..engine.checkpoint import load_weights
-    from ..models.factory import create_model
 
     bad = [m for m in methods if m not in ("linear", "knn")]
     if bad:
         raise UserError(f"unknown probe method {bad[0]!r}; use linear and/or knn")
     infos = [dataset_info(f) for f in datasets]
-    from_checkpoint = init not in ("scratch", "pixels")
-    model_cfg = model_cfg or (_model_config_of(init) if from_checkpoint else None) or ModelConfig()
-    torch.manual_seed(seed)
-    model = PixelEncoder() if init == "pixels" else create_model(model_cfg, infos, size)
-    summary: dict = {"init": init, "model": "pixels" if init == "pixels" else model_cfg.name}
-    if from_checkpoint:
-        report = load_weights(model, init)
-        summary.update({key: len(v) for key, v in report.items()})
-        logger.info("probe: loaded %s (%d tensors matched, %d missing)", init, len(report["matched"]), len(report["missing"]))
+    if init == "pixels":
+        model, summary = PixelEncoder(), {"init": init, "model": "pixels"}
+    else:
+        model_cfg = model_cfg or (run_model_config(init) if init != "scratch" else None) or ModelConfig()
+        model, report = load_encoder(init, model_cfg, infos, size, seed=seed)
+        summary = {"init": init, "model": model_cfg.name, **{k: len(v) for k, v in (report or {}).items()}}
     data = DataConfig(root=root, datasets=list(datasets), size=size, max_train_samples=max_train)
     results: dict = {"_init": summary, "_linear_C": {}, **({"_scores": {}} if keep_scores else {})}
     for info in infos:

@@ -6,6 +6,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..data.domains import DatasetInfo
+from .cnn import CNNModel
 from .medformer import SIZES, Medformer, medformer_config
 
 
@@ -31,8 +32,6 @@ def create_model(cfg: ModelConfig, datasets: list[DatasetInfo], image_size: int 
             cfg.name, drop_path=cfg.drop_path, dropout=cfg.dropout, **{**sizes, **cfg.overrides}
         )
         return Medformer(mcfg, list(datasets))
-    from .cnn import CNNModel
-
     return CNNModel(
         cfg.name, list(datasets), pretrained=pretrained, drop_rate=cfg.dropout,
         pretrained_file=cfg.pretrained_file if pretrained else None, timm_kwargs=cfg.overrides,

@@ -28,7 +28,7 @@ from .stem_calls import dims_only_elsewhere, has_batchnorm, merged_groups, zero_
 
 @dataclass
 class MedformerConfig:
-    # ranges are checked when model.overrides are loaded (medformer.engine.build.check_model)
+    # ranges are checked when model.overrides are loaded (medformer.models.build.check_model)
     hidden_dim: int = ranged(128, ge=1)
     depth: int = ranged(4, ge=1)
     heads: int = ranged(4, ge=1)

@@ -15,6 +15,8 @@ from ..config import ModelConfig
 from ..data.batch import collate
 from ..data.domains import DatasetInfo
 from ..data.transforms import Normalize
+from ..eval.probe import extract_features
+from ..models.weights import load_encoder
 
 log = logging.getLogger(__name__)
 
@@ -60,17 +62,10 @@ def build_encoder(
     seed: int = 0,
 ) -> torch.nn.Module:
     """Model with the dataset's domains; checkpoint weights unless scratch (random init)."""
-    from ..models.factory import add_domains, create_model
-
     infos, domains = dataset_domains(dataset)
-    torch.manual_seed(seed)
-    model = create_model(ModelConfig(name=model_name, overrides=dict(overrides or {})), infos, image_size=image_size)
-    add_domains(model, domains)
-    if checkpoint is not None and str(checkpoint).lower() not in SCRATCH:
-        from ..engine.checkpoint import load_weights
-
-        report = load_weights(model, checkpoint)
-        log.info("encoder %s: %d tensors loaded, %d left at init", checkpoint, len(report["matched"]), len(report["missing"]))
+    init = "scratch" if checkpoint is None or str(checkpoint).lower() in SCRATCH else str(checkpoint)
+    model_cfg = ModelConfig(name=model_name, overrides=dict(overrides or {}))
+    model, _ = load_encoder(init, model_cfg, infos, image_size, domains=domains, seed=seed)
     return model.eval()
 
 
@@ -91,8 +86,6 @@ def encoder_embeddings(
 
 def embed(model: torch.nn.Module, dataset: Dataset, batch_size: int = 256) -> np.ndarray:
     """`model.encode` (eval mode, on the model's device) of every [0, 1] item: float32 [N, hidden]."""
-    from ..eval.probe import extract_features
-
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=_collate_for_encoding)
     return extract_features(model, loader)[0]
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .clustering import limit_threads
+
 
 @dataclass
 class ClusteringResult:
@@ -87,8 +89,6 @@ def tsne_embedding(features: np.ndarray, max_points: int, seed: int) -> tuple[np
     """2D t-SNE of at most max_points samples (PCA to 50 dims first); (coords, sample rows)."""
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
-
-    from .clustering import limit_threads
 
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(len(features), size=min(max_points, len(features)), replace=False))

@@ -6,8 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, ranged
-from ..errors import UserError
+from ..config import ranged
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_BASELINES = "../shared/reference/published_baselines.csv"  # relative to the repository
@@ -59,54 +58,6 @@ class StudyConfig:
     explain: ExplainConfig = field(default_factory=ExplainConfig)
     pseudolabels: dict[str, StageConfig] = field(default_factory=dict)  # name -> `medformer pseudolabel` run
     pretrain: dict[str, StageConfig] = field(default_factory=dict)  # name -> `pretrain` run; inits "pretrain:<name>"
-
-
-def validate(cfg: StudyConfig) -> StudyConfig:
-    """Reject an empty or malformed grid with a one-line ConfigError."""
-    from ..data.domains import dataset_info
-    from ..engine.protocols import MODES as FINETUNE_MODES
-
-    MODES = (*FINETUNE_MODES, "knn")
-
-    for key in ("inits", "models", "label_fractions", "seeds", "modes"):
-        if not getattr(cfg, key):
-            raise ConfigError(f"study config key {key!r} is empty")
-    if not cfg.data.datasets:
-        raise ConfigError("study config key 'data.datasets' is empty")
-    for flag in cfg.data.datasets:
-        dataset_info(flag)
-    stray = sorted(set(cfg.model_finetune) - set(cfg.models))
-    if stray:
-        raise ConfigError(f"study config key 'model_finetune': {stray[0]!r} is not in 'models' ({', '.join(cfg.models)})")
-    bad = [m for m in cfg.modes if m not in MODES]
-    if bad:
-        raise ConfigError(f"study config key 'modes': {bad[0]!r} is not one of {', '.join(MODES)}")
-    bad_f = [f for f in cfg.label_fractions if not 0.0 < f <= 1.0]
-    if bad_f:
-        raise ConfigError(f"study config key 'label_fractions': {bad_f[0]} is not in (0, 1]")
-    if cfg.isolation not in ISOLATIONS:
-        raise ConfigError(f"study config key 'isolation' must be one of {', '.join(ISOLATIONS)}, got {cfg.isolation!r}")
-    if cfg.jobs < 1:
-        raise ConfigError("study config key 'jobs' must be >= 1")
-    validate_stages(cfg)
-    return cfg
-
-
-def validate_stages(cfg: StudyConfig) -> None:
-    """Every stage's config file and overrides load (typos fail now, not after earlier stages ran)."""
-    from .stages import check_stage, resolve_reference
-
-    for kind in ("pseudolabels", "pretrain"):
-        for name, stage in getattr(cfg, kind).items():
-            try:
-                check_stage(cfg, kind, name, stage)
-            except UserError as e:
-                raise ConfigError(f"study stage {kind}.{name}: {e}") from None
-    try:
-        for value in cfg.inits.values():
-            resolve_reference(cfg, value)
-    except UserError as e:
-        raise ConfigError(f"study config key 'inits': {e}") from None
 
 
 def resolve_baselines(path: str | None) -> Path | None:

@@ -21,32 +21,27 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from ..data.batch import Inputs  # noqa: E402
+from ..config import FinetuneConfig, load_config  # noqa: E402
+from ..data.batch import Inputs, make_inputs  # noqa: E402
 from ..data.domains import BINARY, MULTI_LABEL, ORDINAL, dataset_info  # noqa: E402
+from ..data.loaders import eval_loaders  # noqa: E402
+from ..data.transforms import denormalize, eval_transform  # noqa: E402
 from ..models.heads import logits_to_scores  # noqa: E402
+from ..models.weights import load_encoder  # noqa: E402
 
 
 # -- loading a cell and predicting ---------------------------------------------------------------
 def load_cell_model(directory: Path) -> tuple[nn.Module, object]:
     """The cell's best weights in a freshly built model, and its FinetuneConfig."""
-    from ..config import FinetuneConfig, load_config
-    from ..engine.checkpoint import load_weights
-    from ..models.factory import create_model
-
     cfg = load_config(FinetuneConfig, directory / "config.yaml")
-    cfg.model.pretrained_file = None  # the best weights replace any ImageNet init
     infos = [dataset_info(f) for f in cfg.data.datasets]
-    model = create_model(cfg.model, infos, cfg.data.size, pretrained=False)
-    load_weights(model, directory / "best.safetensors", strict=True)
+    model, _ = load_encoder(str(directory / "best.safetensors"), cfg.model, infos, cfg.data.size, strict=True)
     return model.eval(), cfg
 
 
 @torch.no_grad()
 def predict_split(model: nn.Module, cfg, flag: str, split: str = "test", batch_size: int = 128):
     """Images [N, C, ...], Evaluator-layout scores and labels [N, L] of one split."""
-    from ..data.loaders import eval_loaders
-    from ..data.transforms import eval_transform
-
     loader = eval_loaders(cfg.data, split, batch_size, eval_transform(), flags=[flag])[flag]
     task = dataset_info(flag).task
     images, scores, labels = [], [], []
@@ -142,20 +137,16 @@ def gradcam_layer(model: nn.Module, images: torch.Tensor) -> tuple[nn.Module, st
 
 class _ImagesToLogits(nn.Module):
     """One dataset's images in, its task logits out: the `model(tensor)` pytorch-grad-cam calls."""
-
     def __init__(self, model: nn.Module, flag: str):
         super().__init__()
         self.model, self.flag = model, flag
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        from ..data.batch import make_inputs
-
         return self.model(make_inputs(list(images), [self.flag] * len(images)))[self.flag]
 
 
 class _PredictedScore:
     """pytorch-grad-cam target: the score of the predicted class of one sample's logits."""
-
     def __init__(self, task: str):
         self.task = task
 
@@ -204,8 +195,6 @@ def attention_rollout(model: nn.Module, inputs: Inputs, task: str) -> torch.Tens
 
 def explain_maps(model: nn.Module, images: torch.Tensor, flag: str) -> tuple[torch.Tensor, str]:
     """Maps for a stack of one dataset's images, and the method's name."""
-    from ..data.batch import make_inputs
-
     inputs = make_inputs(list(images), [flag] * len(images))
     if hasattr(model, "blocks") and hasattr(model, "input_adapt"):
         return attention_rollout(model, inputs, flag), "attention rollout (Input/Output Adaptformer cross-attention)"
@@ -216,8 +205,6 @@ def explain_maps(model: nn.Module, images: torch.Tensor, flag: str) -> tuple[tor
 # -- panels -------------------------------------------------------------------------------------
 def _display(image: torch.Tensor, heat: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """2D picture [H, W(, 3)] in [0, 1] and its map; 3D volumes show their middle slice."""
-    from ..data.transforms import denormalize
-
     img = denormalize(image).clamp(0, 1)
     if img.ndim == 4:  # [C, D, H, W]
         mid = img.shape[1] // 2

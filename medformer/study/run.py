@@ -8,13 +8,14 @@ from pathlib import Path
 
 from .baselines import read_baselines
 from .cells import enumerate_cells
-from .config import StudyConfig, resolve_baselines, validate
+from .config import StudyConfig, resolve_baselines
 from .evidence import paired_comparisons, ranking, recommendations
 from .plots import convergence_plot, critical_difference_plot, label_efficiency_plot, series_key
 from .report import Evidence, write_report
 from .results import collect_rows, val_history, write_csv
 from .runner import run_cells, study_log
 from .stages import resolved_inits, run_stages, stage_lines
+from .validate import validate
 
 logger = logging.getLogger(__name__)
 

@@ -21,8 +21,15 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import torch
+from accelerate.state import AcceleratorState, GradientState
+
+from ..config import ConfigError, FinetuneConfig, load_config
 from ..errors import UserError
+from ..eval.probe import run_probe
 from ..lifeline import child_env, die_with_parent
+from ..models.weights import find_weights
+from ..runs.finetune import check_init, run_finetune
 from .cells import SPECIAL_INITS, Cell, cell_overrides, resolve_init
 from .config import StudyConfig
 
@@ -77,10 +84,6 @@ def _write_status(directory: Path, cell: Cell, status: str, error: str | None, s
 
 def precheck(cfg: StudyConfig, cell: Cell, overrides: list[str]) -> str | None:
     """The one-line error a cell would stop with on its config or init, found without running it."""
-    from ..config import FinetuneConfig, load_config
-    from ..engine.checkpoint import find_weights
-    from ..engine.finetune import check_init
-
     try:
         fcfg = load_config(FinetuneConfig, cfg.base_config, overrides)
         check_init(fcfg)
@@ -120,12 +123,6 @@ def run_subprocess(cfg: StudyConfig, overrides: list[str], directory: Path) -> s
 
 def run_inprocess(cfg: StudyConfig, overrides: list[str], directory: Path) -> str | None:
     """run_finetune in this process (no import cost per cell; for tests and small CPU studies)."""
-    import torch
-    from accelerate.state import AcceleratorState, GradientState
-
-    from ..config import FinetuneConfig, load_config
-    from ..engine.finetune import run_finetune
-
     threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -162,9 +159,6 @@ def run_in_worker(cfg: StudyConfig, overrides: list[str], directory: Path) -> st
 def run_knn(cfg: StudyConfig, overrides: list[str], directory: Path) -> str | None:
     """A `knn` cell, in this process: kNN of the frozen encoder, the cell's labeled train images as
     the bank, scored on val and test; metrics.json like a fine-tune's (no training, no history)."""
-    from ..config import ConfigError, FinetuneConfig, load_config
-    from ..eval.probe import run_probe
-
     try:
         fcfg = load_config(FinetuneConfig, cfg.base_config, overrides)
         if fcfg.init == "imagenet":

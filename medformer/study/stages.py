@@ -27,8 +27,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError
+from ..config import ConfigError, load_config
 from ..lifeline import child_env
+from ..objectives.ssl_config import PretrainConfig
+from ..runs.pseudolabel import PseudoLabelConfig
 from .cells import flatten, format_value
 from .config import REPO_ROOT, StageConfig, StudyConfig
 
@@ -81,10 +83,6 @@ def stage_command(cfg: StudyConfig, kind: str, name: str, stage: StageConfig) ->
 
 def check_stage(cfg: StudyConfig, kind: str, name: str, stage: StageConfig) -> None:
     """Load the stage's config with its overrides (a UserError on any mistake)."""
-    from ..config import load_config
-    from ..objectives.ssl_config import PretrainConfig
-    from ..pseudolabels.run import PseudoLabelConfig
-
     if not stage.config or not Path(resolve_config_path(stage.config)).is_file():
         raise ConfigError(f"config file {stage.config!r} not found")
     schema = PretrainConfig if kind == "pretrain" else PseudoLabelConfig

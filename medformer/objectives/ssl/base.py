@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from ...config import ConfigError
 from ...data.batch import Inputs
 from ..ssl_config import SSLConfig
+from .dist import sync_batchnorm
 
 SSL_METHODS: dict[str, type[SSLObjective]] = {}
 T = TypeVar("T")
@@ -144,8 +145,6 @@ def build_ssl_objective(name: str, model: nn.Module, cfg: SSLConfig | None = Non
     With more than one process, BatchNorm layers (heads, CNN encoders, momentum copies) are
     converted to process-synced ones unless `cfg.sync_batchnorm` is false.
     """
-    from .dist import sync_batchnorm
-
     if name not in SSL_METHODS:
         raise ConfigError(f"unknown ssl.method {name!r}; choose from {', '.join(sorted(SSL_METHODS))}")
     cfg = cfg or SSLConfig(method=name)

@@ -8,34 +8,32 @@ included; `finetune init=<output_dir>` loads it) with `model_card.md` / `model_c
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import platform
-from collections import deque
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from torch.utils.data import DataLoader
 
-from ..config import ConfigError, DataConfig, TrainConfig, save_config, to_dict
+from ..config import ConfigError, TrainConfig, save_config, to_dict
 from ..data.bank import DeviceAugment
-from ..data.batch import collate
-from ..data.domains import MULTI_LABEL, dataset_info
-from ..data.loaders import SeededTransform, medmnist_split, train_batches, train_dataset
+from ..data.domains import dataset_info
+from ..data.loaders import train_batches, train_dataset
 from ..data.samplers import DatasetBalancedSampler
-from ..data.transforms import MultiViewTransform, ViewConfig, eval_transform
+from ..data.transforms import MultiViewTransform, ViewConfig
 from ..data.transforms.batched import batch_view_transform
 from ..data.transforms.views import check_view
-from ..eval.probe import extract_features, knn_eval
+from ..engine.trainer import Trainer, check_train_config, make_accelerator, resolve_epochs
+from ..eval.pretrain_monitor import KnnProbe, PretrainMonitor
+from ..io import write_json
+from ..models.build import build_model, check_model
 from ..models.factory import add_domains
+from ..models.weights import save_weights
 from ..objectives.pseudolabel import PseudoLabelObjective
-from ..objectives.ssl import SSL_METHODS, CollapseDetector, SSLObjective, build_ssl_objective
-from ..objectives.ssl_config import MonitorConfig, PretrainConfig, view_list
+from ..objectives.ssl import SSL_METHODS, SSLObjective, build_ssl_objective
+from ..objectives.ssl_config import PretrainConfig, view_list
 from ..pseudolabels.targets import (
     BalancedSampler,
     PseudoLabeled,
@@ -44,162 +42,13 @@ from ..pseudolabels.targets import (
     class_counts,
     read_label_table,
 )
-from .build import build_model, check_model
-from .checkpoint import save_weights
 from .lock import RunLock
+from .model_card import ENCODER_FILE, card_markdown, method_name, model_card
 from .resume import PRETRAIN_STATE_KEYS, check_resume
-from .trainer import Trainer, check_train_config, make_accelerator, resolve_epochs
 
 logger = logging.getLogger(__name__)
 
-ENCODER_FILE = "encoder.safetensors"
 
-
-class KnnProbe:
-    """Online kNN of the current encoder: a labeled train subset as bank, val samples as queries."""
-
-    def __init__(self, data: DataConfig, monitor: MonitorConfig, batch_size: int):
-        self.flag = monitor.knn_dataset or data.datasets[0]
-        self.info = dataset_info(self.flag)
-        self.monitor = monitor
-        self.bank = self._loader(medmnist_split(data, self.flag, "train"), monitor.knn_bank_size, batch_size)
-        self.queries = self._loader(medmnist_split(data, self.flag, "val"), monitor.knn_max_queries, batch_size)
-
-    @staticmethod
-    def _loader(ds, limit: int, batch_size: int) -> DataLoader:
-        if limit and len(ds) > limit:
-            ds = ds.subset(np.linspace(0, len(ds) - 1, limit).round().astype(np.int64))  # spread, deterministic
-        return DataLoader(SeededTransform(ds, eval_transform(), 0), batch_size=batch_size, collate_fn=collate)
-
-    def __call__(self, model: torch.nn.Module) -> dict[str, float]:
-        x_bank, y_bank = extract_features(model, self.bank)
-        x_query, y_query = extract_features(model, self.queries)
-        n_classes = None if self.info.task == MULTI_LABEL else self.info.n_classes
-        metrics = knn_eval(x_bank, y_bank, x_query, y_query, self.info.task, self.monitor.knn_k,
-                           self.monitor.knn_temperature, n_classes)
-        return {f"knn/{self.flag}/{k}": v for k, v in metrics.items() if k in ("auc", "acc")}
-
-
-class PretrainMonitor:
-    """The Trainer's step callback: loss window, collapse detector, online kNN.
-
-    Collapse statistics and kNN run on the main process (every rank calls this).
-    """
-
-    def __init__(self, cfg: PretrainConfig, accelerator: Accelerator, knn: KnnProbe | None = None):
-        self.cfg = cfg
-        self.acc = accelerator
-        self.knn = knn
-        self.detector = CollapseDetector(cfg.monitor.collapse_std, cfg.monitor.collapse_rank)
-        self.window: deque[dict[str, float]] = deque(maxlen=max(1, cfg.monitor.every))
-        self.embedding: dict[str, float] = {}
-        self.embedding_step = -1
-        self.objective: SSLObjective | None = None
-        self.knn_metrics: dict[str, float] = {}
-
-    def global_losses(self, losses: dict[str, torch.Tensor]) -> dict[str, float]:
-        """The step's loss terms averaged over processes (the objective's terms are the same on every
-        rank, and their mean over ranks is the global-batch loss)."""
-        keys = sorted(losses)
-        values = torch.stack([losses[k].detach().float().reshape(()) for k in keys])
-        if self.acc.num_processes > 1:
-            values = self.acc.reduce(values, "mean")
-        return dict(zip(keys, values.tolist(), strict=True))
-
-    def recent_losses(self) -> dict[str, float]:
-        """Mean of each loss term over the last `monitor.every` steps (averaged over processes)."""
-        keys = {k for entry in self.window for k in entry}
-        return {k: float(np.mean([e[k] for e in self.window if k in e])) for k in sorted(keys)}
-
-    def update_embedding(self, step: int) -> dict[str, float]:
-        """Collapse statistics of the last batch's embeddings (main process), once per step."""
-        if self.objective is not None and self.objective.last_embeddings is not None and step != self.embedding_step:
-            self.embedding = self.detector(self.objective.last_embeddings, step)
-            self.embedding_step = step
-        return self.embedding
-
-    def __call__(self, step: int, objective: SSLObjective | PseudoLabelObjective) -> dict[str, float] | None:
-        logs: dict[str, float] = {}
-        self.objective = objective
-        self.window.append(self.global_losses(objective.last_losses))
-        if self.acc.is_main_process:
-            if step % self.cfg.monitor.every == 0 or step == 1:
-                logs.update(self.update_embedding(step))
-                if isinstance(objective, PseudoLabelObjective):
-                    logs["pseudolabel/train_acc"] = objective.last_accuracy
-            every = self.cfg.monitor.knn_every
-            if self.knn is not None and every and step % every == 0:
-                self.knn_metrics = self.knn(objective.model)
-                logs.update(self.knn_metrics)
-        return logs or None
-
-
-def method_name(cfg: PretrainConfig) -> str:
-    """vicreg, pseudolabel, or vicreg+pseudolabel."""
-    parts = [cfg.ssl.method] if cfg.ssl.method != "none" else []
-    return "+".join(parts + (["pseudolabel"] if cfg.pseudolabel.labels else []))
-
-
-def model_card(cfg: PretrainConfig, trainer: Trainer, monitor: PretrainMonitor, n_samples: dict[str, int]) -> dict:
-    st = trainer.state
-    return {
-        "kind": "medformer pretrained encoder",
-        "method": method_name(cfg),
-        "weights": ENCODER_FILE,
-        "model": {"name": cfg.model.name, "overrides": cfg.model.overrides,
-                  "embed_dim": int(getattr(trainer.model, "embed_dim", 0))},
-        "datasets": {flag: {"dim": dataset_info(flag).dim, "train_images": n} for flag, n in n_samples.items()},
-        "image_size": cfg.data.size,
-        "steps": st.step,
-        "epochs_completed": st.epoch,
-        "samples_seen": st.samples_seen,
-        "train_seconds": round(st.train_seconds, 1),
-        "samples_per_second": round(st.samples_seen / st.train_seconds, 1) if st.train_seconds else None,
-        "stopped_by_time_budget": trainer.stopped_by_time,
-        "final_loss": monitor.recent_losses(),
-        "embedding": monitor.update_embedding(st.step),
-        "knn": monitor.knn_metrics,
-        "num_processes": trainer.acc.num_processes,
-        "device": str(trainer.acc.device),
-        "torch": torch.__version__,
-        "host": platform.node(),
-        "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "use": "finetune ... init=<this folder> (loads encoder.safetensors)",
-        "config": to_dict(cfg),
-    }
-
-
-def card_markdown(card: dict) -> str:
-    lines = [
-        f"# medformer encoder: {card['method']} on {', '.join(card['datasets'])}",
-        "",
-        f"- model: `{card['model']['name']}` {card['model']['overrides'] or ''} (embedding dim {card['model']['embed_dim']})",
-        f"- weights: `{card['weights']}` (state_dict of the encoder model, domain latents included)",
-        f"- training: {card['steps']} steps, {card['samples_seen']} samples seen, {card['train_seconds']} s "
-        f"({card['samples_per_second']} img/s) on {card['num_processes']} x {card['device']}, torch {card['torch']}"
-        + (" (stopped by the time budget)" if card["stopped_by_time_budget"] else ""),
-        "",
-        "| dataset | dim | train images |",
-        "|---|---|---|",
-        *[f"| {flag} | {d['dim']} | {d['train_images']} |" for flag, d in card["datasets"].items()],
-        "",
-        "Final loss terms (mean of the last steps): "
-        + (", ".join(f"`{k}` {v:.4f}" for k, v in card["final_loss"].items()) or "n/a"),
-        "",
-        "Embedding health: " + (", ".join(f"{k} {v:.4g}" for k, v in card["embedding"].items()) or "n/a"),
-        "",
-        "Online kNN: " + (", ".join(f"{k} {v:.4f}" for k, v in card["knn"].items()) or "n/a"),
-        "",
-        f"Use: {card['use']}. Full config in model_card.json.",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=float))
-    tmp.replace(path)
 
 
 def check_objectives(cfg: PretrainConfig) -> None:
@@ -328,7 +177,7 @@ def fit_and_export(cfg: PretrainConfig, train: TrainConfig, objective: torch.nn.
     def export(encoder: torch.nn.Module, output_dir: Path) -> None:
         card = model_card(cfg, trainer, monitor, n_samples)
         save_weights(encoder, Path(output_dir) / ENCODER_FILE, {"method": method_name(cfg), "step": trainer.state.step})
-        _write_json(Path(output_dir) / "model_card.json", card)
+        write_json(Path(output_dir) / "model_card.json", card)
         (Path(output_dir) / "model_card.md").write_text(card_markdown(card))
 
     trainer = Trainer(
@@ -349,8 +198,8 @@ def fit_and_export(cfg: PretrainConfig, train: TrainConfig, objective: torch.nn.
     if reclustering is not None:
         metrics["reclustering"] = reclustering.history
     if accelerator.is_main_process:
-        _write_json(out / "metrics.json", metrics)
-        _write_json(out / "train_stats.json", {**trainer.stats(), "history": trainer.history,
+        write_json(out / "metrics.json", metrics)
+        write_json(out / "train_stats.json", {**trainer.stats(), "history": trainer.history,
                                                "stopped_by_time_budget": trainer.stopped_by_time})
     trainer.close()
     return metrics

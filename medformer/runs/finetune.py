@@ -15,30 +15,21 @@ from ..data.loaders import augment_factory, eval_loaders, train_batches, train_d
 from ..data.samplers import DatasetBalancedSampler
 from ..data.transforms import eval_transform
 from ..data.transforms.batched import batch_train_transform
+from ..engine.trainer import Trainer, check_train_config, make_accelerator, resolve_epochs
 from ..eval.evaluate import evaluate_tasks
 from ..eval.predictions import write_predictions
+from ..io import write_json
+from ..models.build import check_model
 from ..models.factory import is_medformer
+from ..models.weights import load_encoder, load_weights
 from ..objectives.class_balance import KEEPS_PRIOR, class_weights, prior_offset
 from ..objectives.ssl.dist import sync_batchnorm
 from ..objectives.supervised import SupervisedObjective
-from .build import build_model, check_model
-from .checkpoint import load_weights
 from .lock import RunLock
-from .protocols import apply_finetune_mode, check_mode, layer_decay_scales
+from .modes import apply_finetune_mode, check_mode, layer_decay_scales
 from .resume import FINETUNE_STATE_KEYS, check_resume
-from .trainer import Trainer, check_train_config, make_accelerator, resolve_epochs
 
 logger = logging.getLogger(__name__)
-
-
-def init_model(model, init: str) -> dict | None:
-    """Apply `init`: scratch (nothing), imagenet (done at creation), or a checkpoint path."""
-    if init in ("scratch", "imagenet"):
-        return None
-    report = load_weights(model, init)
-    summary = {k: len(v) for k, v in report.items()}
-    logger.info("loaded %s: %s", init, summary)
-    return report
 
 
 def check_init(cfg: FinetuneConfig) -> None:
@@ -105,8 +96,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     on_device = DeviceAugment({dim: batch_train_transform(cfg.augment, dim) for dim in ("2d", "3d")})
     loader, batch_transform = train_batches(cfg.data, train_ds, train_ds, cfg.train.batch_size, cfg.seed, sampler,
                                             accelerator.num_processes, accelerator.device, on_device)
-    model = build_model(cfg.model, infos, cfg.data.size, pretrained=cfg.init == "imagenet")
-    init_report = init_model(model, cfg.init)
+    model, init_report = load_encoder(cfg.init, cfg.model, infos, cfg.data.size)
     if accelerator.num_processes > 1:
         model = sync_batchnorm(model)  # BatchNorm statistics over the global batch: 2 processes equal 1
     param_counts = apply_finetune_mode(model, cfg.finetune_mode)
@@ -131,11 +121,11 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
         trainer.fit()
         metrics = evaluate_best(cfg, trainer, val, accelerator)
         if accelerator.is_main_process:
-            _write_json(out / "metrics.json", metrics)
+            write_json(out / "metrics.json", metrics)
             stats = trainer.stats()
             stats["epochs_to_best"] = stats["best_epoch"] + 1
             stats.update(finetune_mode=cfg.finetune_mode, batch_size=cfg.train.batch_size, parameters=param_counts)
-            _write_json(out / "train_stats.json", {**stats, "history": trainer.history})
+            write_json(out / "train_stats.json", {**stats, "history": trainer.history})
         trainer.close()
     return metrics
 
@@ -160,9 +150,3 @@ def evaluate_best(cfg: FinetuneConfig, trainer: Trainer, val: dict, accelerator)
         for flag, m in evaluate_tasks(trainer.model, loaders, accelerator, save).items():
             metrics.setdefault(flag, {})[split] = m
     return metrics
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=float))
-    tmp.replace(path)

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, load_config
-from .checkpoint import CheckpointError
-from .trainer import STATE_FILE
+from ..engine.trainer import STATE_FILE
+from ..models.weights import CheckpointError
 
 # keys that shape the saved state (parameters, heads, optimizer groups, scheduler, EMA weights)
 FINETUNE_STATE_KEYS = (

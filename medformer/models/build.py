@@ -6,8 +6,8 @@ from torch import nn
 
 from ..config import ConfigError, ModelConfig, _build
 from ..data.domains import DatasetInfo
-from ..models.factory import create_model, is_medformer
-from ..models.medformer import MedformerConfig
+from .factory import create_model, is_medformer
+from .medformer import MedformerConfig
 
 # ModelConfig keys that create_model passes to MedformerConfig itself
 _OWN_KEYS = ("drop_path", "dropout")

@@ -17,10 +17,11 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
+from ..cli import run_entry
 from ..config import ConfigError, save_config
 from ..data.dicom import DicomConfig, DicomDataset, check_dicom_dir, ingest_dicom
 from ..data.medmnist import MedMNISTDataset
-from .clustering import (
+from ..pseudolabels.clustering import (
     choose_k_elbow,
     cluster_entropy,
     cluster_grid,
@@ -28,8 +29,8 @@ from .clustering import (
     compact_labels,
     drop_heterogeneous,
 )
-from .features import encoder_embeddings, fuse, pca, pixel_features
-from .report import ClusteringResult, write_report
+from ..pseudolabels.features import encoder_embeddings, fuse, pca, pixel_features
+from ..pseudolabels.report import ClusteringResult, write_report
 
 log = logging.getLogger(__name__)
 
@@ -220,3 +221,12 @@ def run_pseudolabel(cfg: PseudoLabelConfig) -> dict[str, Any]:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     log.info("pseudo-labels: k=%d, harmonic mean %.3f -> %s", result.chosen_k, metrics["quality"]["harmonic_mean"], out)
     return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`medformer pseudolabel --config configs/pseudolabel/<x>.yaml [key=value ...]`."""
+    return run_entry(PseudoLabelConfig, run_pseudolabel, argv, "pseudolabel")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
