@@ -17,7 +17,6 @@ machine, throughput per method and published numbers for the same datasets).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
@@ -40,6 +39,7 @@ from medformer.objectives.ssl_config import PretrainConfig
 from medformer.runs.finetune import run_finetune
 from medformer.runs.pretrain import run_pretrain
 from medformer.runs.pseudolabel import PseudoLabelConfig, run_pseudolabel
+from medformer.study.baselines import read_baselines
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = ["pneumoniamnist", "breastmnist", "retinamnist", "adrenalmnist3d"]
@@ -188,8 +188,7 @@ def finetune_runs(report: dict) -> dict[tuple[str, str, str, int], dict]:
 
 
 def published() -> list[dict]:
-    rows = [line for line in PUBLISHED.read_text().splitlines() if line and not line.startswith("#")]
-    return [r for r in csv.DictReader(rows) if r["dataset"] in DATASETS]
+    return [r for r in read_baselines(PUBLISHED) if r["dataset"] in DATASETS]
 
 
 def fmt(x: float | None) -> str:
@@ -266,7 +265,7 @@ def markdown(report: dict) -> str:
     lines += ["", "## Published test results (same datasets, fully supervised unless noted)", "",
               "| dataset | size | method | AUC | ACC | source |", "|---|---|---|---|---|---|"]
     for r in report["published"]:
-        lines.append(f"| {r['dataset']} | {r['size']} | {r['method']} | {r['auc']} | {r['acc']} | {r['source']}{' (' + r['note'] + ')' if r['note'] else ''} |")
+        lines.append(f"| {r['dataset']} | {r['size']} | {r['method']} | {fmt(r['auc'])} | {fmt(r['acc'])} | {r['source']}{' (' + r['note'] + ')' if r['note'] else ''} |")
     return "\n".join(lines) + "\n"
 
 

@@ -27,6 +27,7 @@ from ..data.domains import BINARY, MULTI_LABEL, ORDINAL, dataset_info  # noqa: E
 from ..data.loaders import eval_loaders  # noqa: E402
 from ..data.transforms import denormalize, eval_transform  # noqa: E402
 from ..models.heads import logits_to_scores  # noqa: E402
+from ..models.medformer import Medformer  # noqa: E402
 from ..models.weights import load_encoder  # noqa: E402
 
 
@@ -196,7 +197,7 @@ def attention_rollout(model: nn.Module, inputs: Inputs, task: str) -> torch.Tens
 def explain_maps(model: nn.Module, images: torch.Tensor, flag: str) -> tuple[torch.Tensor, str]:
     """Maps for a stack of one dataset's images, and the method's name."""
     inputs = make_inputs(list(images), [flag] * len(images))
-    if hasattr(model, "blocks") and hasattr(model, "input_adapt"):
+    if isinstance(model, Medformer):
         return attention_rollout(model, inputs, flag), "attention rollout (Input/Output Adaptformer cross-attention)"
     layer, name = gradcam_layer(model, images)
     return grad_cam(model, images, flag, layer), f"Grad-CAM (pytorch-grad-cam) at {name}"
