@@ -103,7 +103,8 @@ def pretrain(method: str, root: str, out: Path, minutes: float, extra: list[str]
         "img_per_s": card["samples_per_second"], "stopped_by_time_budget": card["stopped_by_time_budget"],
         "final_loss": metrics["final_loss"], "embedding": metrics["embedding"],
         "lr": cfg.train.lr, "batch_size": cfg.train.batch_size, "batch_by_dataset": cfg.data.batch_by_dataset,
-        "predictor_lr_scale": cfg.ssl.predictor_lr_scale, "momentum": cfg.ssl.momentum,
+        "predictor_lr_scale": getattr(cfg.ssl.settings, "predictor_lr_scale", 1.0),
+        "momentum": getattr(cfg.ssl.settings, "momentum", None),
     }
 
 

@@ -25,6 +25,7 @@ import sys
 
 import torch
 import torch.distributed as dist
+from ssl_heads import tiny_ssl
 from torch.nn.parallel import DistributedDataParallel
 
 from medformer.config import ModelConfig
@@ -65,7 +66,7 @@ def local_pseudolabels(rank: int, world: int) -> torch.Tensor:
 
 
 def ssl_config(method: str) -> SSLConfig:
-    return SSLConfig(method=method, proj_hidden_dim=32, proj_output_dim=16, pred_hidden_dim=32, queue_size=12)
+    return tiny_ssl(method, proj_hidden_dim=32, proj_output_dim=16, pred_hidden_dim=32, queue_size=12)
 
 
 def global_batches() -> list[tuple[list, list, list]]:

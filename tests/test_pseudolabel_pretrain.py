@@ -16,6 +16,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from ssl_heads import tiny_ssl
 
 from medformer.config import DataConfig, ModelConfig
 from medformer.data.batch import make_inputs
@@ -24,7 +25,6 @@ from medformer.data.loaders import train_dataset
 from medformer.models.factory import create_model
 from medformer.objectives.pseudolabel import LOSS, PseudoLabelObjective
 from medformer.objectives.ssl import SSL_METHODS, build_ssl_objective
-from medformer.objectives.ssl_config import SSLConfig
 from medformer.pseudolabels.targets import (
     UNLABELED,
     BalancedSampler,
@@ -133,7 +133,7 @@ def _model() -> torch.nn.Module:
 
 def test_with_ssl_the_classifier_reuses_the_ssl_pass_through_the_body(monkeypatch):
     model = _model()
-    ssl = build_ssl_objective("vicreg", model, SSLConfig(method="vicreg", proj_hidden_dim=32, proj_output_dim=16))
+    ssl = build_ssl_objective("vicreg", model, tiny_ssl("vicreg", proj_hidden_dim=32, proj_output_dim=16))
     objective = PseudoLabelObjective(model, n_classes=3, ssl=ssl)
     calls = []
     original = model.tokens
@@ -155,7 +155,7 @@ def test_with_ssl_the_classifier_reuses_the_ssl_pass_through_the_body(monkeypatc
 @pytest.mark.parametrize("method", sorted(SSL_METHODS))
 def test_every_ssl_method_sums_with_pseudolabel_classification(method):
     model = _model()
-    cfg = SSLConfig(method=method, proj_hidden_dim=32, proj_output_dim=16, pred_hidden_dim=32, queue_size=12)
+    cfg = tiny_ssl(method, proj_hidden_dim=32, proj_output_dim=16, pred_hidden_dim=32, queue_size=12)
     objective = PseudoLabelObjective(model, n_classes=3, ssl=build_ssl_objective(method, model, cfg))
     losses = objective({"views": _views(), "pseudolabels": torch.tensor([0, 1, 2, 0, 1, 2])})
     assert LOSS in losses and len(losses) >= 2 and all(torch.isfinite(v) for v in losses.values())
@@ -222,7 +222,7 @@ def test_pseudolabel_pretraining_learns_the_clusters_and_finetune_loads_it(pool_
 def test_reclustering_run_resumed_after_sigkill_equals_uninterrupted(pool_labels, tmp_path):
     root, labels = pool_labels
     args = ["train.epochs=3", "pseudolabel.recluster_every=1", "train.checkpoint_every=3", "ssl.method=vicreg",
-            "views.n_views=2", "ssl.proj_hidden_dim=32", "ssl.proj_output_dim=16"]
+            "views.n_views=2", "ssl.vicreg.proj_hidden_dim=32", "ssl.vicreg.proj_output_dim=16"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     full, killed = tmp_path / "full", tmp_path / "killed"
     cmd = lambda out, *more: [sys.executable, "-m", "pretrain", *_pretrain_args(root, labels, out, *args, *more)]  # noqa: E731

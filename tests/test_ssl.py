@@ -15,8 +15,9 @@ import pytest
 import torch
 from accelerate.state import AcceleratorState, GradientState
 from medmnist.evaluator import getACC, getAUC
+from ssl_heads import tiny_ssl
 
-from medformer.config import DataConfig, ModelConfig, TrainConfig
+from medformer.config import ConfigError, DataConfig, ModelConfig, TrainConfig, load_config
 from medformer.data.batch import make_inputs
 from medformer.data.domains import BINARY, MULTI_CLASS, MULTI_LABEL, dataset_info
 from medformer.data.loaders import train_dataset, train_loader
@@ -40,8 +41,8 @@ from medformer.objectives.ssl import (
     MomentumObjective,
     build_ssl_objective,
 )
-from medformer.objectives.ssl_config import PretrainConfig, SSLConfig
-from medformer.runs.pretrain import check_predictor_lr, predictor_lr_scale
+from medformer.objectives.ssl_config import PretrainConfig
+from medformer.runs.pretrain import check_objectives, predictor_lr_scale
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = sorted(SSL_METHODS)
@@ -56,7 +57,7 @@ TINY_HEADS = {"proj_hidden_dim": 64, "proj_output_dim": 32, "pred_hidden_dim": 6
 def tiny_objective(method: str, datasets=MIXED, **ssl) -> MomentumObjective:
     torch.manual_seed(0)
     model = create_model(ModelConfig(overrides=dict(TINY)), [dataset_info(f) for f in datasets], 28)
-    return build_ssl_objective(method, model, SSLConfig(method=method, **{**TINY_HEADS, **ssl}))
+    return build_ssl_objective(method, model, tiny_ssl(method, **{**TINY_HEADS, **ssl}))
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +86,7 @@ def test_cnn_encoders_pretrain_on_mixed_2d_3d_views(method):
     two-view batch is fitted for a few steps, and BatchNorm/momentum copies work."""
     torch.manual_seed(0)
     model = create_model(ModelConfig(name="resnet18"), [dataset_info(f) for f in MIXED], 28)
-    objective = build_ssl_objective(method, model, SSLConfig(method=method, **TINY_HEADS))
+    objective = build_ssl_objective(method, model, tiny_ssl(method, **TINY_HEADS))
     g = torch.Generator().manual_seed(0)
     images = [torch.rand(1, 28, 28, generator=g) if i % 2 else torch.rand(1, 28, 28, 28, generator=g) for i in range(4)]
     flags = [MIXED[i % 2 == 0] for i in range(4)]
@@ -140,9 +141,9 @@ def test_loss_terms_are_named_and_vicreg_terms_sum_to_lightly_loss():
     terms["ssl/covariance"] = covariance_loss(z0) + covariance_loss(z1)
     assert torch.allclose(sum(terms.values()), VICRegLoss(gather_distributed=True)(z0, z1), rtol=1e-6)
     # the thesis variant with a pure-MSE invariance is plain VICReg
-    thesis = tiny_objective("vicreg_thesis", thesis_cosine_weight=0.0, thesis_mse_weight=1.0)
+    thesis = tiny_objective("vicreg_thesis", cosine_weight=0.0, mse_weight=1.0)
     assert torch.allclose(sum(thesis.invariance(z0, z1).values()), terms["ssl/invariance"])
-    cos_only = tiny_objective("vicreg_thesis", thesis_cosine_weight=1.0, thesis_mse_weight=0.0)
+    cos_only = tiny_objective("vicreg_thesis", cosine_weight=1.0, mse_weight=0.0)
     assert torch.allclose(sum(cos_only.invariance(z0, 3 * z0).values()), torch.tensor(0.0), atol=1e-5)
 
 
@@ -160,12 +161,19 @@ def test_predictor_lr_scale_sets_the_predictors_lr_and_is_refused_without_a_pred
     for name, p in objective.named_parameters():
         if p.requires_grad:
             assert lr_of[id(p)] == pytest.approx(1e-2 if name.startswith("predictor.") else 1e-3), name
-    cfg = PretrainConfig(ssl=SSLConfig(method="simclr", predictor_lr_scale=10.0))
-    with pytest.raises(ValueError, match="needs a method with a predictor"):
-        check_predictor_lr(cfg, tiny_objective("simclr"))
-    cfg.ssl.predictor_lr_scale = 0.0
-    with pytest.raises(ValueError, match="must be > 0"):
-        check_predictor_lr(cfg, objective)
+    # only the methods with a predictor have the knob, and it must be > 0
+    with pytest.raises(ConfigError, match="unknown config key 'ssl.simclr.predictor_lr_scale'"):
+        load_config(PretrainConfig, None, ["ssl.method=simclr", "ssl.simclr.predictor_lr_scale=10"])
+    with pytest.raises(ConfigError, match="ssl.byol.predictor_lr_scale"):
+        load_config(PretrainConfig, None, ["ssl.method=byol", "ssl.byol.predictor_lr_scale=0"])
+
+
+def test_settings_of_a_method_that_does_not_run_are_refused():
+    cfg = load_config(PretrainConfig, None, ["ssl.method=vicreg", "ssl.byol.momentum=0.996"])
+    with pytest.raises(ConfigError, match="'ssl.byol.momentum' is set, but ssl.method is 'vicreg'"):
+        check_objectives(cfg)
+    with pytest.raises(ConfigError, match="'ssl.method' must be one of"):
+        load_config(PretrainConfig, None, ["ssl.method=simsiam"])
 
 
 def test_head_widths_follow_the_model_size():
@@ -239,8 +247,8 @@ def distributed_runs(tmp_path_factory):
         pretrain_args = [
             "--pretrain", "--config", str(REPO / "configs" / "pretrain" / "simclr_small.yaml"), *TINY_ARGS,
             f"data.root={root}", f"data.datasets=[{','.join(MIXED)}]", "data.max_train_samples=64",
-            "train.batch_size=8", "train.epochs=50", "train.progress=false", "ssl.proj_hidden_dim=64",
-            "ssl.proj_output_dim=32", "monitor.every=2", "monitor.knn_every=3", "monitor.knn_bank_size=32",
+            "train.batch_size=8", "train.epochs=50", "train.progress=false", "ssl.simclr.proj_hidden_dim=64",
+            "ssl.simclr.proj_output_dim=32", "monitor.every=2", "monitor.knn_every=3", "monitor.knn_bank_size=32",
             "monitor.knn_max_queries=32", "ssl.max_minutes=0.01", "train.schedule_by=time",
             "data.balance_datasets=true", "data.batch_by_dataset=true", f"output_dir={tmp / 'ddp_pretrain'}",
         ]
@@ -333,7 +341,7 @@ def pretrained_run(tmp_path_factory):
             "--config", str(REPO / "configs" / "pretrain" / "byol_small.yaml"), *TINY_ARGS,
             f"data.root={root}", f"data.datasets=[{','.join(MIXED)}]", "data.max_train_samples=32",
             "train.batch_size=16", "train.epochs=2", "train.max_steps=6", "train.progress=false",
-            "train.warmup_epochs=0", "ssl.proj_hidden_dim=64", "ssl.proj_output_dim=32", "ssl.pred_hidden_dim=64",
+            "train.warmup_epochs=0", "ssl.byol.proj_hidden_dim=64", "ssl.byol.proj_output_dim=32", "ssl.byol.pred_hidden_dim=64",
             "monitor.every=2", "monitor.knn_every=3", "monitor.knn_bank_size=64", "monitor.knn_max_queries=64",
             f"output_dir={out}",
         ])

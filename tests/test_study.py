@@ -185,7 +185,7 @@ def test_study_runs_its_pretraining_stages_then_cells_in_worker_processes(shared
         "pl": {"config": "configs/pretrain/pseudolabel_small.yaml",
                "overrides": {"pseudolabel.labels": "pseudolabels:pool", **small_run}},
         "vicreg": {"config": "configs/pretrain/vicreg_small.yaml",
-                   "overrides": {"ssl.proj_hidden_dim": 32, "ssl.proj_output_dim": 32, **small_run}},
+                   "overrides": {"ssl.vicreg.proj_hidden_dim": 32, "ssl.vicreg.proj_output_dim": 32, **small_run}},
     }
     finetune = {"model.overrides": tiny, "data.max_train_samples": 64, "train.epochs": 1, "train.batch_size": 16}
     out = tmp_path / "study"

@@ -2,35 +2,116 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
-from ..config import DataConfig, ModelConfig, TrainConfig, ranged
+from ..config import ConfigError, DataConfig, ModelConfig, TrainConfig, ranged
 from ..data.transforms import ViewConfig
+
+# A knob left at None takes the method's small- or large-model default (small: embed_dim <= 256 for
+# Medformer, e.g. a 3 x 1024 VICReg expander; large: 3 x 8192); the method's file holds that pair.
+
+
+@dataclass
+class SimCLRConfig:
+    proj_hidden_dim: int | None = ranged(None, ge=1)  # 1024 small, 2048 large
+    proj_output_dim: int | None = ranged(None, ge=1)  # 128 small, 256 large
+    proj_layers: int = ranged(2, ge=1)
+    temperature: float | None = ranged(None, gt=0.0)  # 0.2 small, 0.1 large
+
+
+@dataclass
+class MoCoV2Config:
+    proj_hidden_dim: int | None = ranged(None, ge=1)  # 1024 small, 2048 large
+    proj_output_dim: int = ranged(128, ge=1)
+    proj_layers: int = ranged(2, ge=1)
+    temperature: float = ranged(0.2, gt=0.0)
+    queue_size: int | None = ranged(None, ge=1)  # negatives: 4096 small, 65536 large
+    momentum: float | None = ranged(None, ge=0.0, le=1.0)  # key-encoder EMA, constant: 0.99 small, 0.999 large
+    momentum_end: float | None = ranged(None, ge=0.0, le=1.0)  # cosine-scheduled to this value (None: constant)
+
+
+@dataclass
+class MoCoV3Config:
+    proj_hidden_dim: int | None = ranged(None, ge=1)  # 1024 small, 4096 large
+    proj_output_dim: int = ranged(256, ge=1)
+    proj_layers: int = ranged(3, ge=1)
+    pred_hidden_dim: int | None = ranged(None, ge=1)  # None: proj_hidden_dim
+    temperature: float = ranged(0.2, gt=0.0)
+    momentum: float = ranged(0.99, ge=0.0, le=1.0)  # momentum-encoder EMA at step 0
+    momentum_end: float = ranged(1.0, ge=0.0, le=1.0)  # cosine-scheduled to this value
+    predictor_lr_scale: float = ranged(1.0, gt=0.0)  # the predictor's LR as a multiple of train.lr
+
+
+@dataclass
+class BYOLConfig:
+    proj_hidden_dim: int | None = ranged(None, ge=1)  # 1024 small, 4096 large
+    proj_output_dim: int = ranged(256, ge=1)
+    pred_hidden_dim: int | None = ranged(None, ge=1)  # None: proj_hidden_dim
+    momentum: float = ranged(0.99, ge=0.0, le=1.0)  # target EMA at step 0
+    momentum_end: float = ranged(1.0, ge=0.0, le=1.0)  # cosine-scheduled to this value
+    predictor_lr_scale: float = ranged(1.0, gt=0.0)  # the predictor's LR as a multiple of train.lr
+
+
+@dataclass
+class BarlowTwinsConfig:
+    proj_hidden_dim: int | None = ranged(None, ge=1)  # 1024 small, 8192 large
+    proj_output_dim: int | None = ranged(None, ge=1)  # None: proj_hidden_dim
+    lambda_offdiag: float = ranged(5e-3, ge=0.0)  # weight of the off-diagonal (redundancy) term
+
+
+@dataclass
+class VICRegConfig:
+    proj_hidden_dim: int | None = ranged(None, ge=1)  # 1024 small, 8192 large
+    proj_output_dim: int | None = ranged(None, ge=1)  # None: proj_hidden_dim
+    proj_layers: int = ranged(3, ge=1)
+    invariance_weight: float = ranged(25.0, ge=0.0)  # lambda
+    variance_weight: float = ranged(25.0, ge=0.0)  # mu
+    covariance_weight: float = ranged(1.0, ge=0.0)  # nu
+
+
+@dataclass
+class VICRegThesisConfig(VICRegConfig):
+    """VICReg whose invariance is invariance_weight * (cosine_weight * (1 - cos) + mse_weight * MSE)."""
+
+    cosine_weight: float = ranged(0.5, ge=0.0)
+    mse_weight: float = ranged(0.5, ge=0.0)
+
+
+SSLMethod = Literal["simclr", "mocov2", "mocov3", "byol", "barlowtwins", "vicreg", "vicreg_thesis", "none"]
 
 
 @dataclass
 class SSLConfig:
-    """The SSL method and its heads/loss. `None` means the method's default for the model size
-    (small: embed_dim <= 256, e.g. expander 3x1024; large: e.g. expander 3x8192)."""
+    """The SSL method and its own settings: `ssl.<method>.<knob>` (only the chosen method's section
+    may differ from its defaults). `none`: no SSL term (pseudo-label classification alone)."""
 
-    method: str = "vicreg"  # simclr | mocov2 | mocov3 | byol | barlowtwins | vicreg | vicreg_thesis | none
-    proj_hidden_dim: int | None = ranged(None, ge=1)
-    proj_output_dim: int | None = ranged(None, ge=1)
-    proj_layers: int | None = ranged(None, ge=1)  # vicreg/vicreg_thesis/simclr/mocov2/mocov3
-    pred_hidden_dim: int | None = ranged(None, ge=1)  # byol, mocov3
-    temperature: float | None = ranged(None, gt=0.0)  # simclr, mocov2, mocov3
-    queue_size: int | None = ranged(None, ge=1)  # mocov2 negatives (4096 small, 65536 large)
-    momentum: float | None = ranged(None, ge=0.0, le=1.0)  # momentum-encoder EMA at step 0 (mocov2, mocov3, byol)
-    momentum_end: float | None = ranged(None, ge=0.0, le=1.0)  # cosine-scheduled to this value (None: 1.0; mocov2: constant)
-    predictor_lr_scale: float = ranged(1.0, gt=0.0)  # byol, mocov3: the predictor's LR as a multiple of train.lr
-    barlow_lambda: float = ranged(5e-3, ge=0.0)
-    vicreg_lambda: float = ranged(25.0, ge=0.0)  # invariance
-    vicreg_mu: float = ranged(25.0, ge=0.0)  # variance
-    vicreg_nu: float = ranged(1.0, ge=0.0)  # covariance
-    thesis_cosine_weight: float = ranged(0.5, ge=0.0)  # vicreg_thesis invariance = lambda * (w_cos * (1 - cos) + w_mse * mse)
-    thesis_mse_weight: float = ranged(0.5, ge=0.0)
+    method: SSLMethod = "vicreg"
+    simclr: SimCLRConfig = field(default_factory=SimCLRConfig)
+    mocov2: MoCoV2Config = field(default_factory=MoCoV2Config)
+    mocov3: MoCoV3Config = field(default_factory=MoCoV3Config)
+    byol: BYOLConfig = field(default_factory=BYOLConfig)
+    barlowtwins: BarlowTwinsConfig = field(default_factory=BarlowTwinsConfig)
+    vicreg: VICRegConfig = field(default_factory=VICRegConfig)
+    vicreg_thesis: VICRegThesisConfig = field(default_factory=VICRegThesisConfig)
     sync_batchnorm: bool = True  # BatchNorm statistics over all processes (world size > 1)
     max_minutes: float | None = ranged(None, gt=0.0)  # stop after this much training time (checked every step)
+
+    @property
+    def settings(self) -> Any:
+        """The chosen method's settings (None for `none`)."""
+        return None if self.method == "none" else getattr(self, self.method)
+
+
+def check_ssl(cfg: SSLConfig) -> None:
+    """Settings given for a method that does not run are a mistake (a typo of ssl.method, or a leftover)."""
+    for f in dataclasses.fields(cfg):
+        section = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(section) and f.name != cfg.method and section != type(section)():
+            changed = [k.name for k in dataclasses.fields(section) if getattr(section, k.name) != k.default]
+            raise ConfigError(f"config key 'ssl.{f.name}.{changed[0]}' is set, but ssl.method is {cfg.method!r}: "
+                              f"set ssl.method={f.name} or drop the ssl.{f.name} settings")
 
 
 @dataclass

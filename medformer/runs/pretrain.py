@@ -32,8 +32,8 @@ from ..models.build import build_model, check_model
 from ..models.factory import add_domains
 from ..models.weights import save_weights
 from ..objectives.pseudolabel import PseudoLabelObjective
-from ..objectives.ssl import SSL_METHODS, SSLObjective, build_ssl_objective
-from ..objectives.ssl_config import PretrainConfig, view_list
+from ..objectives.ssl import SSLObjective, build_ssl_objective
+from ..objectives.ssl_config import PretrainConfig, check_ssl, view_list
 from ..pseudolabels.targets import (
     BalancedSampler,
     PseudoLabeled,
@@ -49,12 +49,9 @@ from .resume import PRETRAIN_STATE_KEYS, check_resume
 logger = logging.getLogger(__name__)
 
 
-
-
 def check_objectives(cfg: PretrainConfig) -> None:
     ssl_on = cfg.ssl.method != "none"
-    if ssl_on and cfg.ssl.method not in SSL_METHODS:
-        raise ConfigError(f"unknown ssl.method {cfg.ssl.method!r}; choose from {', '.join(sorted(SSL_METHODS))}, none")
+    check_ssl(cfg.ssl)
     if not ssl_on and not cfg.pseudolabel.labels:
         raise ConfigError("nothing to train: ssl.method=none needs pseudolabel.labels=<pseudolabel output_dir>")
     views = view_list(cfg.views)
@@ -72,15 +69,6 @@ def check_objectives(cfg: PretrainConfig) -> None:
         raise ConfigError("data.balance_datasets and pseudolabel.balanced both choose the sampling: set one to false")
     if cfg.pseudolabel.recluster_every < 0:
         raise ConfigError(f"pseudolabel.recluster_every must be >= 0, got {cfg.pseudolabel.recluster_every}")
-
-
-def check_predictor_lr(cfg: PretrainConfig, objective: SSLObjective | None) -> None:
-    scale = cfg.ssl.predictor_lr_scale
-    if scale <= 0:
-        raise ConfigError(f"ssl.predictor_lr_scale must be > 0, got {scale}")
-    if scale != 1.0 and not hasattr(objective, "predictor"):
-        raise ConfigError(f"ssl.predictor_lr_scale={scale} needs a method with a predictor (byol, mocov3), "
-                         f"not ssl.method={cfg.ssl.method}")
 
 
 def predictor_lr_scale(scale: float) -> Callable[[str], float]:
@@ -146,7 +134,6 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     model = build_model(cfg.model, [base.info for base in bases], data.size)
     add_domains(model, sorted({d for base in bases for d in getattr(base, "domains", [])}))
     objective = build_ssl_objective(cfg.ssl.method, model, cfg.ssl) if cfg.ssl.method != "none" else None
-    check_predictor_lr(cfg, objective)
     sampler = DatasetBalancedSampler(dataset, cfg.seed) if data.balance_datasets else None
     reclustering = None
     if label_table is not None:
@@ -183,7 +170,7 @@ def fit_and_export(cfg: PretrainConfig, train: TrainConfig, objective: torch.nn.
     trainer = Trainer(
         train, objective, loader, out, accelerator, loss_weights=cfg.loss_weights, export=export,
         run_config=to_dict(cfg), step_callback=monitor, epoch_start=reclustering,
-        lr_scale=predictor_lr_scale(cfg.ssl.predictor_lr_scale), batch_transform=batch_transform,
+        lr_scale=predictor_lr_scale(getattr(cfg.ssl.settings, "predictor_lr_scale", 1.0)), batch_transform=batch_transform,
     )
     if cfg.resume:
         trainer.resume(cfg.resume)

@@ -19,7 +19,7 @@ FINETUNE_STATE_KEYS = (
 )
 PRETRAIN_STATE_KEYS = (
     "model.name", "model.overrides", "data.datasets", "data.size", "data.dicom_cache", "ssl.method",
-    "ssl.proj_hidden_dim", "ssl.proj_output_dim", "ssl.proj_layers", "ssl.pred_hidden_dim", "ssl.queue_size",
+    "ssl.settings",  # the method's heads and loss
     "pseudolabel.labels", "pseudolabel.recluster_k", "train.schedule", "train.ema",
 )
 

@@ -24,9 +24,10 @@ class BarlowTwins(SSLObjective):
 
     def __init__(self, model: nn.Module, cfg: SSLConfig):
         super().__init__(model, cfg)
-        hidden = self.pick(cfg.proj_hidden_dim, 1024, 8192)
-        self.projector = BarlowTwinsProjectionHead(self.embed_dim, hidden, self.pick(cfg.proj_output_dim, hidden, hidden))
-        self.criterion = BarlowTwinsLoss(lambda_param=cfg.barlow_lambda, gather_distributed=False)
+        s = self.settings
+        hidden = self.pick(s.proj_hidden_dim, 1024, 8192)
+        self.projector = BarlowTwinsProjectionHead(self.embed_dim, hidden, s.proj_output_dim or hidden)
+        self.criterion = BarlowTwinsLoss(lambda_param=s.lambda_offdiag, gather_distributed=False)
 
     def losses(self, view0: Inputs, view1: Inputs) -> dict[str, Tensor]:
         h0, h1 = self.encode(view0), self.encode(view1)

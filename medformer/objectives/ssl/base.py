@@ -48,6 +48,7 @@ class SSLObjective(nn.Module):
         super().__init__()
         self.model = model
         self.cfg = cfg
+        self.settings = getattr(cfg, self.method)  # this method's section of the config (ssl.<method>)
         self.embed_dim = int(model.embed_dim)
         self.last_embeddings: Tensor | None = None
         self.last_losses: dict[str, Tensor] = {}
@@ -108,20 +109,19 @@ class MomentumObjective(SSLObjective):
     """SSL objective with momentum (EMA) copies of some online modules.
 
     `momentum_pairs` lists (online, target); on_step_end moves each target towards its online
-    module with a momentum cosine-scheduled from `momentum_start` to `momentum_end`.
+    module with a momentum cosine-scheduled from `momentum_start` to `momentum_end` (constant when
+    the settings leave momentum_end at None).
     """
 
-    default_momentum = (0.99, 0.996)  # (small, large) start value
-    constant_momentum = False
+    default_momentum: tuple[float, float]  # (small, large) start value, for settings that allow momentum None
 
     def __init__(self, model: nn.Module, cfg: SSLConfig):
         super().__init__(model, cfg)
         self.momentum_pairs: list[tuple[nn.Module, nn.Module]] = []
-        self.momentum_start = float(self.pick(cfg.momentum, *self.default_momentum))
-        end = cfg.momentum_end
-        if end is None:
-            end = self.momentum_start if self.constant_momentum else 1.0
-        self.momentum_end = float(end)
+        start = self.settings.momentum
+        self.momentum_start = float(start if start is not None else self.pick(None, *self.default_momentum))
+        end = self.settings.momentum_end
+        self.momentum_end = float(self.momentum_start if end is None else end)
         self.current_momentum = self.momentum_start
 
     def add_momentum_twin(self, online: nn.Module) -> nn.Module:

@@ -19,14 +19,13 @@ class BYOL(MomentumObjective):
     The loss is a mean over local rows and the target is computed without gradient, so the mean
     over ranks is the global loss; projector/predictor BatchNorm is synced across processes."""
 
-    default_momentum = (0.99, 0.99)
-
     def __init__(self, model: nn.Module, cfg: SSLConfig):
         super().__init__(model, cfg)
-        hidden = self.pick(cfg.proj_hidden_dim, 1024, 4096)
-        out = self.pick(cfg.proj_output_dim, 256, 256)
+        s = self.settings
+        hidden = self.pick(s.proj_hidden_dim, 1024, 4096)
+        out = s.proj_output_dim
         self.projector = BYOLProjectionHead(self.embed_dim, hidden, out)
-        self.predictor = BYOLPredictionHead(out, self.pick(cfg.pred_hidden_dim, hidden, hidden), out)
+        self.predictor = BYOLPredictionHead(out, s.pred_hidden_dim or hidden, out)
         self.model_momentum = self.add_momentum_twin(self.model)
         self.projector_momentum = self.add_momentum_twin(self.projector)
         self.criterion = NegativeCosineSimilarity()

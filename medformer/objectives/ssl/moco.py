@@ -37,17 +37,17 @@ class MoCoV2(MomentumObjective):
     """
 
     default_momentum = (0.99, 0.999)
-    constant_momentum = True
 
     def __init__(self, model: nn.Module, cfg: SSLConfig):
         super().__init__(model, cfg)
-        hidden = self.pick(cfg.proj_hidden_dim, 1024, 2048)
-        out = self.pick(cfg.proj_output_dim, 128, 128)
-        self.projector = MoCoProjectionHead(self.embed_dim, hidden, out, num_layers=self.pick(cfg.proj_layers, 2, 2))
+        s = self.settings
+        hidden = self.pick(s.proj_hidden_dim, 1024, 2048)
+        out = s.proj_output_dim
+        self.projector = MoCoProjectionHead(self.embed_dim, hidden, out, num_layers=s.proj_layers)
         self.model_momentum = self.add_momentum_twin(self.model)
         self.projector_momentum = self.add_momentum_twin(self.projector)
-        self.temperature = float(self.pick(cfg.temperature, 0.2, 0.2))
-        size = int(self.pick(cfg.queue_size, 4096, 65536))
+        self.temperature = s.temperature
+        size = int(self.pick(s.queue_size, 4096, 65536))
         generator = torch.Generator().manual_seed(QUEUE_SEED)
         self.register_buffer("queue", F.normalize(torch.randn(size, out, generator=generator), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
@@ -86,21 +86,20 @@ class MoCoV3(MomentumObjective):
     negatives = keys of the whole global batch (all-gathered). Each rank averages over its own
     queries (labels offset by rank), so the mean over ranks is the global loss."""
 
-    default_momentum = (0.99, 0.99)
-
     def __init__(self, model: nn.Module, cfg: SSLConfig):
         super().__init__(model, cfg)
-        hidden = self.pick(cfg.proj_hidden_dim, 1024, 4096)
-        out = self.pick(cfg.proj_output_dim, 256, 256)
+        s = self.settings
+        hidden = self.pick(s.proj_hidden_dim, 1024, 4096)
+        out = s.proj_output_dim
         self.projector = MoCoProjectionHead(
-            self.embed_dim, hidden, out, num_layers=self.pick(cfg.proj_layers, 3, 3), batch_norm=True
+            self.embed_dim, hidden, out, num_layers=s.proj_layers, batch_norm=True
         )
         self.predictor = MoCoProjectionHead(
-            out, self.pick(cfg.pred_hidden_dim, hidden, hidden), out, num_layers=2, batch_norm=True
+            out, s.pred_hidden_dim or hidden, out, num_layers=2, batch_norm=True
         )
         self.model_momentum = self.add_momentum_twin(self.model)
         self.projector_momentum = self.add_momentum_twin(self.projector)
-        self.temperature = float(self.pick(cfg.temperature, 0.2, 0.2))
+        self.temperature = s.temperature
 
     def contrast(self, query: Tensor, key: Tensor) -> Tensor:
         query = F.normalize(query, dim=1)

@@ -18,12 +18,13 @@ class SimCLR(SSLObjective):
 
     def __init__(self, model: nn.Module, cfg: SSLConfig):
         super().__init__(model, cfg)
-        hidden = self.pick(cfg.proj_hidden_dim, 1024, 2048)
+        s = self.settings
+        hidden = self.pick(s.proj_hidden_dim, 1024, 2048)
         self.projector = SimCLRProjectionHead(
-            self.embed_dim, hidden, self.pick(cfg.proj_output_dim, 128, 256),
-            num_layers=self.pick(cfg.proj_layers, 2, 2),
+            self.embed_dim, hidden, self.pick(s.proj_output_dim, 128, 256),
+            num_layers=s.proj_layers,
         )
-        self.criterion = NTXentLoss(temperature=self.pick(cfg.temperature, 0.2, 0.1), gather_distributed=True)
+        self.criterion = NTXentLoss(temperature=self.pick(s.temperature, 0.2, 0.1), gather_distributed=True)
 
     def losses(self, view0: Inputs, view1: Inputs) -> dict[str, Tensor]:
         h0, h1 = self.encode(view0), self.encode(view1)

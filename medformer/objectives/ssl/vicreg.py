@@ -24,15 +24,16 @@ class VICReg(SSLObjective):
 
     def __init__(self, model: nn.Module, cfg: SSLConfig):
         super().__init__(model, cfg)
-        hidden = self.pick(cfg.proj_hidden_dim, 1024, 8192)
+        s = self.settings
+        hidden = self.pick(s.proj_hidden_dim, 1024, 8192)
         self.projector = VICRegProjectionHead(
-            self.embed_dim, hidden, self.pick(cfg.proj_output_dim, hidden, hidden),
-            num_layers=self.pick(cfg.proj_layers, 3, 3),
+            self.embed_dim, hidden, s.proj_output_dim or hidden,
+            num_layers=s.proj_layers,
         )
         self.eps = 1e-4
 
     def invariance(self, z0: Tensor, z1: Tensor) -> dict[str, Tensor]:
-        return {"ssl/invariance": self.cfg.vicreg_lambda * invariance_loss(z0, z1)}
+        return {"ssl/invariance": self.settings.invariance_weight * invariance_loss(z0, z1)}
 
     def losses(self, view0: Inputs, view1: Inputs) -> dict[str, Tensor]:
         h0, h1 = self.encode(view0), self.encode(view1)
@@ -43,8 +44,8 @@ class VICReg(SSLObjective):
         terms = self.invariance(z0, z1)
         z0, z1 = gather_with_grad(z0), gather_with_grad(z1)
         variance = 0.5 * (variance_loss(z0, self.eps) + variance_loss(z1, self.eps))
-        terms["ssl/variance"] = self.cfg.vicreg_mu * variance
-        terms["ssl/covariance"] = self.cfg.vicreg_nu * (covariance_loss(z0) + covariance_loss(z1))
+        terms["ssl/variance"] = self.settings.variance_weight * variance
+        terms["ssl/covariance"] = self.settings.covariance_weight * (covariance_loss(z0) + covariance_loss(z1))
         return terms
 
 
@@ -58,9 +59,10 @@ class VICRegThesis(VICReg):
     """
 
     def invariance(self, z0: Tensor, z1: Tensor) -> dict[str, Tensor]:
-        lam = self.cfg.vicreg_lambda
+        s = self.settings
+        lam = s.invariance_weight
         cosine = (1 - F.cosine_similarity(z0, z1, dim=1)).mean()
         return {
-            "ssl/invariance_cosine": lam * self.cfg.thesis_cosine_weight * cosine,
-            "ssl/invariance_mse": lam * self.cfg.thesis_mse_weight * invariance_loss(z0, z1),
+            "ssl/invariance_cosine": lam * s.cosine_weight * cosine,
+            "ssl/invariance_mse": lam * s.mse_weight * invariance_loss(z0, z1),
         }
