@@ -23,10 +23,15 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_ssl import DATASETS, REPO, finetune, pretrain_config, reset_accelerate, write_report  # noqa: E402
-
 import medformer.models.attention as attention_module  # noqa: E402
+from medformer.bench.ssl import (
+    DATASETS,
+    REPO,
+    finetune,
+    pretrain_config,
+    reset_accelerate,
+    write_report,
+)
 from medformer.config import ModelConfig  # noqa: E402
 from medformer.data.batch import make_inputs  # noqa: E402
 from medformer.data.domains import dataset_info  # noqa: E402

@@ -21,9 +21,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_ssl import limit_threads, write_report  # noqa: E402
-
+from medformer.bench.ssl import limit_threads, write_report
 from medformer.data.domains import dataset_info  # noqa: E402
 from medformer.eval.bootstrap import paired_bootstrap  # noqa: E402
 from medformer.eval.probe import run_probe, summarize_test  # noqa: E402

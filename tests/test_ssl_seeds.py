@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import ssl_seeds  # noqa: E402
+from medformer.bench import ssl_seeds
 
 DATASETS = ssl_seeds.DATASETS
 
