@@ -52,8 +52,9 @@ def ranged(default: Any, **bounds: float) -> Any:
 
 
 PROBABILITY = {"ge": 0.0, "le": 1.0}
-# val metrics of medformer.eval.metrics.medmnist_metrics; loss: pretraining (no val metric)
-Monitor = Literal["auc", "acc", "f1", "balanced_acc", "mcc", "loss"]
+# val metrics of medformer.eval.metrics.medmnist_metrics, of segmentation (dice, iou) and regression
+# (r2; a task without the monitored metric is scored by its own: dice, else r2); loss: pretraining
+Monitor = Literal["auc", "acc", "f1", "balanced_acc", "mcc", "dice", "iou", "r2", "loss"]
 
 
 @dataclass
@@ -100,6 +101,10 @@ class ModelConfig:
     # MedformerConfig fields ({depth: 2} for tiny test models), or timm.create_model kwargs for timm models
     overrides: dict[str, Any] = field(default_factory=dict)
     pretrained_file: str | None = None  # local timm weights for init=imagenet (offline)
+    # head of segmentation/regression tasks: transformer (task latents attend the encoder's tokens) or
+    # cnn (a convolutional decoder / regressor over its feature maps); dense_heads: per task, {flag: kind}
+    dense_head: Literal["transformer", "cnn"] = "cnn"
+    dense_heads: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

@@ -15,7 +15,12 @@ MULTI_CLASS = "multi-class"
 BINARY = "binary-class"
 MULTI_LABEL = "multi-label, binary-class"
 ORDINAL = "ordinal-regression"
-TASK_TYPES = (MULTI_CLASS, BINARY, MULTI_LABEL, ORDINAL)
+CLASSIFICATION_TASKS = (MULTI_CLASS, BINARY, MULTI_LABEL, ORDINAL)
+# dense and continuous targets: a class id per pixel/voxel (Dice), one value per image (MAE)
+SEGMENTATION = "segmentation"
+REGRESSION = "regression"
+DENSE_TASKS = (SEGMENTATION, REGRESSION)
+TASK_TYPES = (*CLASSIFICATION_TASKS, *DENSE_TASKS)
 
 SIZES_2D = (28, 64, 128, 224)
 SIZES_3D = (28, 64)
@@ -30,8 +35,14 @@ class DatasetInfo:
     modality: str
     body_part: str
     task: str  # one of TASK_TYPES
-    n_classes: int  # classes, or labels for multi-label
+    n_classes: int  # classes, labels for multi-label, mask classes (background included); 1 for regression
     n_channels: int
+    source: str | None = None  # derived datasets: the dataset whose images they read (medformer.data.derived)
+
+    @property
+    def is_dense(self) -> bool:
+        """Segmentation or regression (no class scores, no AUC)."""
+        return self.task in DENSE_TASKS
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -39,8 +50,8 @@ class DatasetInfo:
 
     @property
     def n_outputs(self) -> int:
-        """Width of the task head: 1 logit for binary, K-1 cumulative logits for ordinal."""
-        if self.task == BINARY:
+        """Width of the task head: 1 logit for binary and regression, K-1 cumulative logits for ordinal."""
+        if self.task in (BINARY, REGRESSION):
             return 1
         if self.task == ORDINAL:
             return self.n_classes - 1
@@ -86,6 +97,15 @@ def register_dataset(info: DatasetInfo) -> None:
     if info.dim not in ("2d", "3d"):
         raise ValueError(f"dim must be '2d' or '3d', got {info.dim!r}")
     _REGISTRY[info.flag] = info
+
+
+def dataset_flags() -> list[str]:
+    """Every known flag (MedMNIST, derived, registered at run time)."""
+    return list(_REGISTRY)
+
+
+def is_dense_task(flag: str) -> bool:
+    return dataset_info(flag).is_dense
 
 
 def dataset_info(flag: str) -> DatasetInfo:

@@ -11,11 +11,12 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 from ..config import AugmentConfig, ConfigError, DataConfig
 from .bank import ImageBank, keep_batch, use_bank
 from .batch import collate
+from .derived import DerivedDataset
 from .dicom import DicomDataset, DicomIndex
 from .domains import dataset_info
 from .medmnist import DataError, MedMNISTDataset, stratified_fraction
 from .samplers import DatasetBatchSampler
-from .transforms import train_transform
+from .transforms import eval_transform, train_transform
 
 
 class SeededTransform(Dataset):
@@ -61,25 +62,35 @@ class EpochConcat(ConcatDataset):
                 d.set_epoch(epoch)
 
 
-def medmnist_split(data: DataConfig, flag: str, split: str, seed: int = 0, fraction: float = 1.0) -> MedMNISTDataset:
-    """One split of one MedMNIST dataset, optionally a stratified label fraction / size cap."""
-    ds = MedMNISTDataset(flag, split, size=data.size, root=data.root, download=data.download, verify_md5=data.verify_md5)
+def medmnist_split(
+    data: DataConfig, flag: str, split: str, seed: int = 0, fraction: float = 1.0
+) -> MedMNISTDataset | DerivedDataset:
+    """One split of one MedMNIST dataset, optionally a stratified label fraction / size cap.
+
+    A derived flag (medformer.data.derived) reads its source's file, subsets it the same way
+    (stratified by the source's labels) and serves the derived targets."""
+    info = dataset_info(flag)
+    source = info.source or flag
+    ds = MedMNISTDataset(source, split, size=data.size, root=data.root, download=data.download, verify_md5=data.verify_md5)
     if fraction < 1.0:
         ds = ds.subset(stratified_fraction(ds.labels, fraction, seed))
     if data.max_train_samples and split == "train":
         ds = ds.subset(range(min(len(ds), data.max_train_samples)))
-    return ds
+    return DerivedDataset(ds, info) if info.source else ds
 
 
 def train_dataset(
     data: DataConfig, make_transform: Callable[[str], Callable | None], seed: int
 ) -> EpochConcat:
     """Train splits of all configured datasets (then the 2D and 3D samples of `data.dicom_cache`),
-    each with its dim's transform, concatenated."""
+    each with its dim's transform, concatenated. Segmentation and regression parts are only
+    normalized: the augmentations move pixels (masks) or change what is measured (foreground)."""
     parts = []
     for flag in data.datasets:
+        info = dataset_info(flag)
         base = medmnist_split(data, flag, "train", seed=seed, fraction=data.label_fraction)
-        parts.append(SeededTransform(base, make_transform(dataset_info(flag).dim), seed))
+        transform = eval_transform() if info.is_dense else make_transform(info.dim)
+        parts.append(SeededTransform(base, transform, seed))
     if data.dicom_cache:
         parts += [SeededTransform(base, make_transform(base.dim), seed) for base in dicom_parts(data.dicom_cache)]
     if not parts:

@@ -17,7 +17,7 @@ from medformer.data.domains import (
     BINARY,
     MULTI_LABEL,
     ORDINAL,
-    TASK_TYPES,
+    CLASSIFICATION_TASKS,
     DatasetInfo,
     dataset_info,
     register_dataset,
@@ -42,8 +42,8 @@ def synthetic_info(
     body_part: str = "phantom",
 ) -> DatasetInfo:
     """Declare (register) and return a custom dataset for synthetic files."""
-    if task not in TASK_TYPES:
-        raise DataError(f"unknown task type {task!r}; use one of {', '.join(TASK_TYPES)}")
+    if task not in CLASSIFICATION_TASKS:
+        raise DataError(f"unknown task type {task!r}; use one of {', '.join(CLASSIFICATION_TASKS)}")
     if dim not in ("2d", "3d"):
         raise DataError(f"dim must be '2d' or '3d', got {dim!r}")
     if n_classes < 2 or (task == BINARY and n_classes != 2):

@@ -392,7 +392,7 @@ class Trainer:
         metrics: dict = {}
         if self.evaluate_fn is not None:
             metrics = self.evaluate_fn(self.eval_model)
-            monitored = [m.get(self.cfg.monitor, math.nan) for m in metrics.values()]
+            monitored = [monitored_value(m, self.cfg.monitor) for m in metrics.values()]
             score = float(torch.tensor(monitored).nanmean()) if monitored else math.nan
             record["val"] = metrics
             record["val_score"] = score
@@ -434,6 +434,17 @@ class Trainer:
 
     def close(self) -> None:
         self.acc.end_training()
+
+
+# what a task without the monitored metric is scored by: segmentation, then regression (higher is better)
+OWN_SCORES = ("dice", "r2")
+
+
+def monitored_value(metrics: dict[str, float], monitor: str) -> float:
+    """The task's `monitor` metric, else its own score (a segmentation task monitored by AUC: Dice)."""
+    if monitor in metrics:
+        return metrics[monitor]
+    return next((metrics[k] for k in OWN_SCORES if k in metrics), math.nan)
 
 
 def _batch_size(batch: dict) -> int:

@@ -5,12 +5,29 @@ from __future__ import annotations
 from torch import nn
 
 from ..config import ConfigError, ModelConfig, _build
-from ..data.domains import DatasetInfo
+from ..data.domains import DatasetInfo, dataset_flags, dataset_info
+from .dense_heads import HEAD_KINDS
 from .factory import create_model, is_medformer
 from .medformer import MedformerConfig
 
 # ModelConfig keys that create_model passes to MedformerConfig itself
 _OWN_KEYS = ("drop_path", "dropout")
+
+
+def check_dense_heads(cfg: ModelConfig, infos: list[DatasetInfo]) -> None:
+    """model.dense_heads names segmentation/regression datasets of the run, with a known head kind."""
+    flags = {d.flag: d for d in infos}
+    for flag, kind in cfg.dense_heads.items():
+        if kind not in HEAD_KINDS:
+            raise ConfigError(f"config key 'model.dense_heads.{flag}' must be one of {', '.join(HEAD_KINDS)}, got {kind!r}")
+        info = flags.get(flag)
+        if info is None:
+            raise ConfigError(f"model.dense_heads.{flag}: {flag} is not in data.datasets ({', '.join(flags) or 'none'})")
+        if not info.is_dense:
+            derived = ", ".join(sorted(f for f in dataset_flags() if dataset_info(f).source == flag))
+            hint = f" (its derived dense tasks: {derived})" if derived else ""
+            raise ConfigError(f"model.dense_heads.{flag}: {flag} is a {info.task} task with no masks or regression "
+                              f"targets; a dense head needs a segmentation or regression dataset{hint}")
 
 
 def check_model(cfg: ModelConfig) -> None:
@@ -28,6 +45,7 @@ def build_model(cfg: ModelConfig, infos: list[DatasetInfo], size: int, pretraine
     """create_model, with its refusals of the config as ConfigError: models raise ValueError for sizes
     that do not fit (heads, patch size), timm a TypeError for an unknown keyword of model.overrides."""
     check_model(cfg)
+    check_dense_heads(cfg, infos)
     try:
         return create_model(cfg, infos, size, pretrained=pretrained)
     except ValueError as e:

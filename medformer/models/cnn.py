@@ -18,6 +18,7 @@ from torchvision.models.video import r3d_18
 
 from ..data.batch import Inputs
 from ..data.domains import DatasetInfo
+from .dense_heads import DEFAULT_HEAD, DenseFeatures, EncoderSpec, grid_level_near, make_dense_head
 from .heads import head_width
 from .medformer import SIZES
 from .stem_calls import dims_only_elsewhere, has_batchnorm, merged_groups, zero_weighted
@@ -134,6 +135,20 @@ def create_encoder_2d(
         ) from None
 
 
+R3D_CHANNELS = (64, 64, 128, 256, 512)  # stem, layer1..4
+R3D_REDUCTIONS = (2, 2, 4, 8, 16)  # in height and width (the stem keeps depth)
+
+
+def r3d_maps(net: nn.Module, volumes: torch.Tensor) -> list[torch.Tensor]:
+    """R3D-18's stem and stage outputs, finest first."""
+    x = net.stem(volumes)
+    maps = [x]
+    for layer in (net.layer1, net.layer2, net.layer3, net.layer4):
+        x = layer(x)
+        maps.append(x)
+    return maps
+
+
 def resnet3d18(in_chans: int = 1) -> nn.Module:
     """torchvision's R3D-18 with a 1-channel stem and no classifier (512-d features)."""
     net = r3d_18(weights=None)
@@ -148,7 +163,9 @@ class CNNModel(nn.Module):
     def __init__(
         self, name: str, datasets: list[DatasetInfo], pretrained: bool = False,
         drop_rate: float = 0.0, pretrained_file: str | None = None, timm_kwargs: dict | None = None,
+        dense_heads: dict[str, str] | None = None,
     ):
+        """`dense_heads`: head kind (transformer or cnn) per segmentation/regression dataset."""
         super().__init__()
         dims = {d.dim for d in datasets} or {"2d"}
         self.encoder_2d = (
@@ -163,12 +180,77 @@ class CNNModel(nn.Module):
         self.encoder_3d = resnet3d18() if "3d" in dims else None
         self.proj_3d = nn.Linear(512, self.embed_dim) if self.encoder_3d is not None and self.embed_dim != 512 else nn.Identity()
         self.heads = nn.ModuleDict()
+        self.dense_heads = nn.ModuleDict()  # segmentation / regression heads, by task
         self.batchnorm = has_batchnorm(self)
         for info in datasets:
-            self.add_dataset(info)
+            self.add_dataset(info, head=(dense_heads or {}).get(info.flag))
 
-    def add_dataset(self, info: DatasetInfo, task: str | None = None) -> None:
-        self.add_task(task or info.flag, head_width(info.task, info.n_classes))
+    def add_dataset(self, info: DatasetInfo, task: str | None = None, head: str | None = None) -> None:
+        """The dataset's head: linear for classification, a dense head of kind `head` (transformer or
+        cnn) for segmentation and regression."""
+        name = task or info.flag
+        if info.is_dense:
+            if name not in self.dense_heads:
+                self.dense_heads[name] = make_dense_head(info, self.dense_spec(info.dim), head or DEFAULT_HEAD)
+            return
+        self.add_task(name, head_width(info.task, info.n_classes))
+
+    def dense_spec(self, dim: str) -> EncoderSpec:
+        """The features dense heads get: the encoder's stage outputs, the deepest as tokens."""
+        if dim == "3d":
+            if self.encoder_3d is None:
+                raise ValueError("this CNN was built without a 3D encoder; add a 3D dataset when creating it")
+            return EncoderSpec(R3D_CHANNELS, R3D_CHANNELS[-1], grid_level_near(list(R3D_REDUCTIONS)), True, 3)
+        if self.encoder_2d is None:
+            raise ValueError("this CNN was built without a 2D encoder; add a 2D dataset when creating it")
+        info = self.encoder_2d.feature_info
+        channels = tuple(int(f["num_chs"]) for f in info)
+        return EncoderSpec(channels, channels[-1], grid_level_near([int(f["reduction"]) for f in info]), True, 2)
+
+    def _maps(self, images: torch.Tensor) -> tuple[torch.Tensor, DenseFeatures]:
+        """Pooled features [b, D] (as `encode`) and the DenseFeatures of one dim's images, in one pass."""
+        if images.ndim == 4:
+            if self.encoder_2d is None:
+                raise ValueError("this CNN was built without a 2D encoder; add a 2D dataset when creating it")
+            final, maps = self.encoder_2d.forward_intermediates(self.prepare_2d(images))
+            feats = self.encoder_2d.forward_head(final)
+            x = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images  # heads predict at this size
+        else:
+            if self.encoder_3d is None:
+                raise ValueError("this CNN was built without a 3D encoder; add a 3D dataset when creating it")
+            x = images
+            maps = r3d_maps(self.encoder_3d, images)
+            feats = self.proj_3d(self.encoder_3d.avgpool(maps[-1]).flatten(1))
+        tokens = maps[-1].flatten(2).transpose(1, 2)
+        return feats, DenseFeatures(x, list(maps), tokens)
+
+    def _forward_dense(self, inputs: Inputs) -> dict[str, torch.Tensor]:
+        """Every task's outputs from one encoder pass per dim that keeps the stage outputs."""
+        groups = merged_groups(inputs)
+        feats, rows_of, features = None, {}, {}
+        for dim, (images, rows) in groups.items():
+            pooled, features[dim] = self._maps(images)
+            rows_of[dim] = {r: i for i, r in enumerate(rows.tolist())}
+            if feats is None:
+                feats = pooled.new_zeros(len(inputs), pooled.shape[1])
+            feats = feats.index_copy(0, rows, pooled)
+        if self.training and self.batchnorm:
+            absent = dims_only_elsewhere(set(groups), feats.device)
+            feats = zero_weighted(feats, [self._encode_empty(dim, feats.device) for dim in absent])
+        out = {}
+        for task in dict.fromkeys(inputs.task):
+            rows = inputs.rows_of_task(task)
+            if task in self.dense_heads:
+                dim = next(d for d, pos in rows_of.items() if all(r in pos for r in rows.tolist()))
+                pick = torch.tensor([rows_of[dim][r] for r in rows.tolist()], device=feats.device)
+                f = features[dim]
+                sub = DenseFeatures(f.images[pick], [m[pick] for m in f.maps], f.tokens[pick])
+                out[task] = self.dense_heads[task](sub)
+            elif task in self.heads:
+                out[task] = self.heads[task](feats[rows.to(feats.device)])
+            else:
+                raise KeyError(f"model has no head for task {task!r}; heads: {sorted(self.heads)}")
+        return out
 
     def add_task(self, name: str, n_outputs: int) -> None:
         if name not in self.heads:
@@ -215,6 +297,8 @@ class CNNModel(nn.Module):
         return encoder(torch.zeros(shape, device=device))
 
     def forward(self, inputs: Inputs) -> dict[str, torch.Tensor]:
+        if any(t in self.dense_heads for t in inputs.task):
+            return self._forward_dense(inputs)
         return self.encode_and_classify(inputs)[1]
 
     def encode_and_classify(self, inputs: Inputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

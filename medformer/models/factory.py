@@ -31,11 +31,17 @@ def create_model(cfg: ModelConfig, datasets: list[DatasetInfo], image_size: int 
         mcfg = medformer_config(
             cfg.name, drop_path=cfg.drop_path, dropout=cfg.dropout, **{**sizes, **cfg.overrides}
         )
-        return Medformer(mcfg, list(datasets))
+        return Medformer(mcfg, list(datasets), dense_heads=dense_head_kinds(cfg, datasets))
     return CNNModel(
         cfg.name, list(datasets), pretrained=pretrained, drop_rate=cfg.dropout,
         pretrained_file=cfg.pretrained_file if pretrained else None, timm_kwargs=cfg.overrides,
+        dense_heads=dense_head_kinds(cfg, datasets),
     )
+
+
+def dense_head_kinds(cfg: ModelConfig, datasets: list[DatasetInfo]) -> dict[str, str]:
+    """{flag: transformer | cnn} for the segmentation/regression datasets: model.dense_heads, else model.dense_head."""
+    return {d.flag: cfg.dense_heads.get(d.flag, cfg.dense_head) for d in datasets if d.is_dense}
 
 
 def add_domains(model: nn.Module, domains: list[tuple[str, str]]) -> None:

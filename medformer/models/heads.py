@@ -1,16 +1,17 @@
-"""Task heads and the conversion of their logits into MedMNIST-style scores."""
+"""Task heads and the conversion of their logits into MedMNIST-style scores; the loss of each task type."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from ..data.domains import BINARY, MULTI_CLASS, MULTI_LABEL, ORDINAL
+from ..data.domains import BINARY, MULTI_CLASS, MULTI_LABEL, ORDINAL, REGRESSION, SEGMENTATION
 
 
 def head_width(task: str, n_classes: int) -> int:
-    """Logits a head emits: 1 for binary, K-1 cumulative logits for ordinal, else K."""
-    if task == BINARY:
+    """Logits a head emits: 1 for binary and regression, K-1 cumulative logits for ordinal, else K
+    (per pixel for segmentation)."""
+    if task in (BINARY, REGRESSION):
         return 1
     if task == ORDINAL:
         return n_classes - 1
@@ -21,9 +22,14 @@ def logits_to_scores(logits: torch.Tensor, task: str) -> torch.Tensor:
     """Scores in the layout medmnist.Evaluator expects.
 
     binary -> P(y=1) [N]; multi-class -> softmax [N, K]; multi-label -> sigmoid [N, L];
-    ordinal -> class probabilities [N, K] from cumulative P(y > k).
+    ordinal -> class probabilities [N, K] from cumulative P(y > k); segmentation -> per-pixel softmax
+    [N, K, *spatial]; regression -> the predicted values [N].
     """
     logits = logits.float()
+    if task == REGRESSION:
+        return logits.reshape(-1)
+    if task == SEGMENTATION:
+        return F.softmax(logits, dim=1)
     if task == BINARY:
         return torch.sigmoid(logits.reshape(-1))
     if task == MULTI_LABEL:
@@ -39,13 +45,35 @@ def logits_to_scores(logits: torch.Tensor, task: str) -> torch.Tensor:
     raise ValueError(f"unknown task type {task!r}")
 
 
-def task_loss(logits: torch.Tensor, target: torch.Tensor, task: str, class_weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Loss of one task's logits: CE, BCE (binary, multi-label), or cumulative-BCE (ordinal).
+def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor, dice_weight: float = 1.0) -> torch.Tensor:
+    """Per-pixel cross-entropy plus soft Dice over the foreground classes; masks [B, *spatial] class ids."""
+    logits = logits.float()
+    masks = masks.long()
+    ce = F.cross_entropy(logits, masks)
+    probs = logits.softmax(1)[:, 1:]
+    onehot = F.one_hot(masks, logits.shape[1]).movedim(-1, 1)[:, 1:].float()
+    dims = (0, *range(2, logits.ndim))
+    inter = (probs * onehot).sum(dims)
+    denom = probs.sum(dims) + onehot.sum(dims)
+    dice = (2 * inter + 1.0) / (denom + 1.0)
+    return ce + dice_weight * (1 - dice.mean())
+
+
+def task_loss(
+    logits: torch.Tensor, target: torch.Tensor, task: str, class_weight: torch.Tensor | None = None,
+    target_scale: float = 1.0,
+) -> torch.Tensor:
+    """Loss of one task's logits: CE, BCE (binary, multi-label), cumulative-BCE (ordinal), CE + soft
+    Dice (segmentation), or MSE in units of `target_scale` (regression: the training targets' sd).
 
     `class_weight` ([K] per class; [L] positive weights for multi-label) weighs each sample by its
     class; the mean is then over the batch's weights, as `F.cross_entropy(weight=...)` does.
     """
     logits = logits.float()
+    if task == SEGMENTATION:
+        return segmentation_loss(logits, target)
+    if task == REGRESSION:
+        return F.mse_loss(logits.reshape(-1) / target_scale, target.float().reshape(-1) / target_scale)
     if task == MULTI_LABEL:
         pos_weight = None if class_weight is None else class_weight.to(logits.device)
         return F.binary_cross_entropy_with_logits(logits, target.float(), pos_weight=pos_weight)

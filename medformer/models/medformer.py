@@ -22,6 +22,7 @@ from ..config import ranged
 from ..data.batch import Inputs
 from ..data.domains import DatasetInfo
 from .attention import Block
+from .dense_heads import DEFAULT_HEAD, DenseFeatures, EncoderSpec, make_dense_head
 from .heads import head_width
 from .stem_calls import dims_only_elsewhere, has_batchnorm, merged_groups, zero_weighted
 
@@ -229,12 +230,18 @@ class InputAdaptformer(nn.Module):
         )
         return torch.cat([self.latents.expand(b, -1, -1), domain], dim=1)
 
-    def forward(self, inputs: Inputs) -> torch.Tensor:
+    def forward(self, inputs: Inputs, patches: dict | None = None) -> torch.Tensor:
+        """Canonical tokens [B, num_tokens, hidden]; `patches`, when given, receives {dim: (images,
+        batch rows, patch grid [b, hidden, *grid])} for the dense heads."""
         queries = self.queries(inputs)
         groups = merged_groups(inputs)
         out = None
-        for images, rows in groups.values():
-            z = self.proj(self.cross(queries[rows], self.patch_tokens(images)))
+        for dim, (images, rows) in groups.items():
+            tokens = self.patch_tokens(images)
+            if patches is not None:
+                grid = [s // self.patch_size for s in images.shape[2:]]
+                patches[dim] = (images, rows, tokens.transpose(1, 2).reshape(len(images), -1, *grid))
+            z = self.proj(self.cross(queries[rows], tokens))
             if out is None:
                 out = z.new_zeros(len(inputs), *z.shape[1:])
             out = out.index_copy(0, rows, z)
@@ -274,9 +281,12 @@ class OutputAdaptformer(nn.Module):
         queries = self.task_latents[task].expand(tokens.shape[0], -1, -1)
         return self.norm(self.cross(queries, tokens)).mean(1)
 
-    def forward(self, tokens: torch.Tensor, inputs: Inputs) -> dict[str, torch.Tensor]:
+    def forward(self, tokens: torch.Tensor, inputs: Inputs, skip: nn.ModuleDict | dict = ()) -> dict[str, torch.Tensor]:
+        """Logits of each task of the batch but those in `skip` (the dense tasks)."""
         out = {}
         for task in dict.fromkeys(inputs.task):
+            if task in skip:
+                continue
             if task not in self.heads:
                 raise KeyError(f"model has no head for task {task!r}; heads: {sorted(self.heads)}")
             rows = inputs.rows_of_task(task).to(tokens.device)
@@ -287,9 +297,11 @@ class OutputAdaptformer(nn.Module):
 class Medformer(nn.Module):
     """The shared backbone with domain latents and task heads (see module docstring)."""
 
-    def __init__(self, cfg: MedformerConfig, datasets: list[DatasetInfo] = ()):
+    def __init__(self, cfg: MedformerConfig, datasets: list[DatasetInfo] = (), dense_heads: dict[str, str] | None = None):
+        """`dense_heads`: head kind (transformer or cnn) per segmentation/regression dataset."""
         super().__init__()
         self.cfg = cfg
+        self.dense_heads = nn.ModuleDict()  # segmentation / regression heads, by task
         self.input_adapt = InputAdaptformer(cfg)
         dpr = [x.item() for x in torch.linspace(0, cfg.drop_path, cfg.depth)]
         self.blocks = nn.ModuleList(
@@ -301,11 +313,16 @@ class Medformer(nn.Module):
         self.apply(self._init_weights)
         self._init_cross_attention()
         for info in datasets:
-            self.add_dataset(info)
+            self.add_dataset(info, head=(dense_heads or {}).get(info.flag))
 
     @property
     def embed_dim(self) -> int:
         return self.cfg.hidden_dim
+
+    def dense_spec(self, dim: str) -> EncoderSpec:
+        """The features dense heads get: the patch grid (before the body) and the body tokens."""
+        d = self.cfg.hidden_dim
+        return EncoderSpec((d,), d, 0, grid_has_context=False, spatial_dims=2 if dim == "2d" else 3)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -329,10 +346,16 @@ class Medformer(nn.Module):
             nn.init.xavier_uniform_(block.attn.kv.weight)
         nn.init.normal_(self.input_adapt.latents, std=1.0)
 
-    def add_dataset(self, info: DatasetInfo, task: str | None = None) -> None:
-        """Add the dataset's modality/body-part latents and its task head (if not present)."""
+    def add_dataset(self, info: DatasetInfo, task: str | None = None, head: str | None = None) -> None:
+        """Add the dataset's modality/body-part latents and its task head (if not present); a
+        segmentation or regression dataset gets a dense head of kind `head` (transformer or cnn)."""
         self.input_adapt.add_domain(info.modality, info.body_part)
-        self.add_task(task or info.flag, head_width(info.task, info.n_classes))
+        name = task or info.flag
+        if info.is_dense:
+            if name not in self.dense_heads:
+                self.dense_heads[name] = make_dense_head(info, self.dense_spec(info.dim), head or DEFAULT_HEAD)
+            return
+        self.add_task(name, head_width(info.task, info.n_classes))
 
     def add_task(self, name: str, n_outputs: int) -> None:
         self.output_adapt.add_task(name, n_outputs)
@@ -340,11 +363,12 @@ class Medformer(nn.Module):
     def backbone_parameter_names(self) -> list[str]:
         """Parameters shared by all datasets (everything but domain latents, task latents, heads)."""
         per_dataset = ("modality_latents.", "body_part_latents.", "task_latents.", "heads.")
-        return [n for n, _ in self.named_parameters() if not any(s in n for s in per_dataset)]
+        return [n for n, _ in self.named_parameters() if not any(s in n for s in per_dataset)]  # heads. covers dense_heads.
 
-    def tokens(self, inputs: Inputs) -> torch.Tensor:
-        """Body tokens [B, N, hidden] after the Input Adaptformer and the transformer blocks."""
-        x = self.input_adapt(inputs)
+    def tokens(self, inputs: Inputs, patches: dict | None = None) -> torch.Tensor:
+        """Body tokens [B, N, hidden] after the Input Adaptformer and the transformer blocks
+        (`patches`: see InputAdaptformer.forward)."""
+        x = self.input_adapt(inputs, patches)
         for block in self.blocks:
             x = block(x)
         return self.norm(x)
@@ -354,8 +378,17 @@ class Medformer(nn.Module):
         return self.tokens(inputs).mean(1)
 
     def forward(self, inputs: Inputs) -> dict[str, torch.Tensor]:
-        """Logits per task, for the rows of that task in ascending order."""
-        return self.output_adapt(self.tokens(inputs), inputs)
+        """Logits per task, for the rows of that task in ascending order (segmentation: [b, K, *S],
+        regression: [b])."""
+        dense = [t for t in dict.fromkeys(inputs.task) if t in self.dense_heads]
+        if not dense:
+            return self.output_adapt(self.tokens(inputs), inputs)
+        patches: dict = {}
+        tokens = self.tokens(inputs, patches)
+        out = self.output_adapt(tokens, inputs, skip=self.dense_heads)
+        for task in dense:
+            out[task] = self.dense_heads[task](dense_features(patches, tokens, inputs.rows_of_task(task)))
+        return out
 
     def encode_and_classify(self, inputs: Inputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """`encode` and `forward` from one pass through the body (SSL + pseudo-label runs)."""
@@ -377,6 +410,19 @@ class Medformer(nn.Module):
         return f"its backbone is a {name} one; load it with model.name={name}"
 
 
+def dense_features(patches: dict, tokens: torch.Tensor, rows: torch.Tensor) -> DenseFeatures:
+    """The DenseFeatures of batch rows `rows` (one dim) from a pass that kept its patch grids."""
+    for images, group_rows, grid in patches.values():
+        position = {r: i for i, r in enumerate(group_rows.tolist())}
+        if all(r in position for r in rows.tolist()):
+            pick = torch.tensor([position[r] for r in rows.tolist()], device=images.device)
+            x = images[pick]
+            if x.ndim == 4 and x.shape[1] == 1:
+                x = x.expand(-1, 3, -1, -1)
+            return DenseFeatures(x, [grid[pick]], tokens[rows.to(tokens.device)])
+    raise ValueError("the rows of a segmentation/regression task must all be 2D or all 3D")
+
+
 def _fits(theirs: dict[str, tuple[int, ...]], ours: dict[str, tuple[int, ...]]) -> bool:
     return all(ours.get(k) == shape for k, shape in theirs.items())
 
@@ -389,7 +435,7 @@ def _size_shapes(name: str) -> dict[str, tuple[int, ...]]:
 def backbone_shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
     """Shapes of a Medformer state's shared tensors: no per-dataset latents or heads, and no
     position embeddings (their length follows the image size)."""
-    per_dataset = ("modality_latents.", "body_part_latents.", "task_latents.", "heads.", ".pos_")
+    per_dataset = ("modality_latents.", "body_part_latents.", "task_latents.", "heads.", ".pos_")  # heads. covers dense_heads.
     return {k: tuple(v.shape) for k, v in state.items() if not any(s in k for s in per_dataset)}
 
 

@@ -10,7 +10,8 @@ from accelerate.utils import set_seed
 
 from ..config import ConfigError, FinetuneConfig, save_config, to_dict
 from ..data.bank import DeviceAugment
-from ..data.domains import dataset_info
+from ..data.derived import regression_stats
+from ..data.domains import DatasetInfo, dataset_info
 from ..data.loaders import augment_factory, eval_loaders, train_batches, train_dataset
 from ..data.samplers import DatasetBalancedSampler
 from ..data.transforms import eval_transform
@@ -19,7 +20,8 @@ from ..engine.trainer import Trainer, check_train_config, make_accelerator, reso
 from ..eval.evaluate import evaluate_tasks
 from ..eval.predictions import write_predictions
 from ..io import write_json
-from ..models.build import check_model
+from ..models.build import check_dense_heads, check_model
+from ..models.dense_heads import set_target_stats
 from ..models.factory import is_medformer
 from ..models.weights import load_encoder, load_weights
 from ..objectives.class_balance import KEEPS_PRIOR, class_weights, prior_offset
@@ -47,6 +49,15 @@ def check_init(cfg: FinetuneConfig) -> None:
     if cfg.train.monitor == "loss":
         raise ConfigError("train.monitor=loss is for pretraining; a fine-tune monitors a val metric: "
                           "auc, acc, f1, balanced_acc or mcc")
+
+
+def check_tasks(cfg: FinetuneConfig, infos: list[DatasetInfo]) -> None:
+    """Segmentation/regression tasks: head kinds that fit the datasets, and the per-sample data path."""
+    check_dense_heads(cfg.model, infos)
+    dense = [d.flag for d in infos if d.is_dense]
+    if dense and cfg.data.augment_on == "device":
+        raise ConfigError(f"data.augment_on=device holds MedMNIST images only; {', '.join(dense)} "
+                          "(derived targets) go through the loader: use data.augment_on=auto or loader")
 
 
 def fit_batch_size(cfg: FinetuneConfig, n_train: int, num_processes: int) -> None:
@@ -84,6 +95,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     infos = [dataset_info(f) for f in cfg.data.datasets]  # unknown flags fail here, before any output
     check_mode(cfg.finetune_mode)
     check_init(cfg)
+    check_tasks(cfg, infos)
     check_train_config(cfg.train)
     if cfg.resume:
         check_resume(cfg, FINETUNE_STATE_KEYS)
@@ -97,6 +109,8 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     loader, batch_transform = train_batches(cfg.data, train_ds, train_ds, cfg.train.batch_size, cfg.seed, sampler,
                                             accelerator.num_processes, accelerator.device, on_device)
     model, init_report = load_encoder(cfg.init, cfg.model, infos, cfg.data.size)
+    target_stats = regression_stats(train_ds.datasets)  # regression heads predict in the targets' units
+    set_target_stats(model, target_stats)
     if accelerator.num_processes > 1:
         model = sync_batchnorm(model)  # BatchNorm statistics over the global batch: 2 processes equal 1
     param_counts = apply_finetune_mode(model, cfg.finetune_mode)
@@ -109,7 +123,8 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
             if init_report is not None:
                 (out / "init_report.json").write_text(json.dumps(init_report, indent=1))
         weights, offsets = train_class_weights(train_ds, cfg.class_weights)
-        objective = SupervisedObjective(model, class_weights=weights, logit_offsets=offsets)
+        objective = SupervisedObjective(model, class_weights=weights, logit_offsets=offsets,
+                                        target_scales={task: sd for task, (_, sd) in target_stats.items()})
         trainer = Trainer(
             cfg.train, objective, loader, out, accelerator,
             loss_weights=cfg.loss_weights, evaluate=lambda m: evaluate_tasks(m, val, accelerator),

@@ -14,10 +14,10 @@ MODES = ("full", "linear_probe", "head_only")
 
 # Trainable parameter-name prefixes per (architecture, mode); everything else is frozen.
 _MEDFORMER_TRAINABLE = {
-    "linear_probe": ("output_adapt.task_latents.", "output_adapt.heads."),
-    "head_only": ("input_adapt.", "output_adapt."),  # body blocks and final norm frozen
+    "linear_probe": ("output_adapt.task_latents.", "output_adapt.heads.", "dense_heads."),
+    "head_only": ("input_adapt.", "output_adapt.", "dense_heads."),  # body blocks and final norm frozen
 }
-_CNN_TRAINABLE = {"linear_probe": ("heads.",), "head_only": ("heads.",)}
+_CNN_TRAINABLE = {"linear_probe": ("heads.", "dense_heads."), "head_only": ("heads.", "dense_heads.")}
 
 
 def _is_medformer(model: nn.Module) -> bool:

@@ -59,11 +59,13 @@ def label_efficiency_plot(rows: list[dict], dataset: str, path: Path, metric: st
 
 
 def convergence_plot(
-    histories: dict[tuple[str, float], list[list[tuple[int, float]]]], dataset: str, path: Path
+    histories: dict[tuple[str, float], list[list[tuple[int, float]]]], dataset: str, path: Path,
+    metric: str = "auc",
 ) -> Path | None:
-    """Val AUC vs epoch, mean over seeds; one panel per label fraction, one line per series.
+    """Val `metric` (AUC; Dice or R2 for dense tasks) vs epoch, mean over seeds; one panel per label
+    fraction, one line per series.
 
-    `histories[(series label, fraction)]` holds one [(epoch, val auc), ...] list per seed.
+    `histories[(series label, fraction)]` holds one [(epoch, val metric), ...] list per seed.
     """
     histories = {k: [h for h in v if h] for k, v in histories.items()}
     histories = {k: v for k, v in histories.items() if v}
@@ -84,7 +86,7 @@ def convergence_plot(
         ax.set_title(f"{dataset}, fraction {frac:g}")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel("val AUC (mean over seeds)")
+        ax.set_ylabel(f"val {metric.upper() if metric == 'auc' else metric} (mean over seeds)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return _save(fig, path)

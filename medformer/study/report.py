@@ -10,11 +10,23 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.domains import REGRESSION, SEGMENTATION, dataset_info
 from ..eval.compare import Ranking
 from .evidence import Comparison, Recommendation
 from .stats import kruskal_wallis, min_attainable_p, pairwise_mann_whitney
 
 ALPHA = 0.05
+
+
+def primary_metrics(flag: str) -> list[tuple[str, str]]:
+    """(results.csv column, title) of the tables of a dataset: AUC and ACC; Dice and IoU for
+    segmentation; MAE and R2 for regression."""
+    task = dataset_info(flag).task
+    if task == SEGMENTATION:
+        return [("test_dice", "Test Dice"), ("test_iou", "Test IoU")]
+    if task == REGRESSION:
+        return [("test_mae", "Test MAE"), ("test_r2", "Test R2")]
+    return [("test_auc", "Test AUC"), ("test_acc", "Test ACC")]
 
 
 def _fmt(x: float, digits: int = 3) -> str:
@@ -243,6 +255,14 @@ class Evidence:
     rank_figures: dict[tuple[str, str], Path | None]
 
 
+def _figure_lines(figs: dict[str, Path | None], flag: str, root: Path) -> list[str]:
+    lines = []
+    for kind, png in figs.items():
+        if png is not None and Path(png).is_file():
+            lines += [f"![{flag} {kind}]({Path(png).relative_to(root).as_posix()})", ""]
+    return lines
+
+
 def write_report(
     path: Path, title: str, summary: list[str], rows: list[dict], datasets: list[str],
     published: list[dict], figures: dict[str, dict[str, Path]], size: int | str = "",
@@ -269,17 +289,19 @@ def write_report(
         drows = [r for r in rows if r["dataset"] == flag]
         fractions = sorted({r["fraction"] for r in drows})
         lines += [f"## {flag}", ""]
-        for metric, name in (("test_auc", "Test AUC"), ("test_acc", "Test ACC")):
+        metrics = primary_metrics(flag)
+        for metric, name in metrics:
             lines += [f"### {name} (mean ± sd over seeds)", "", *metric_table(drows, metric, fractions), ""]
         lines += ["### Convergence cost (epochs to best val, training seconds; means)", "", *cost_table(drows, fractions), ""]
+        if dataset_info(flag).is_dense:  # no published baselines, paired AUC tests or Grad-CAM panels
+            lines += [*_figure_lines(figures.get(flag, {}), flag, root),
+                      f"### Statistics over seeds ({flag})", "", *stats_section(drows, metrics[0][0]), ""]
+            continue
         own_published = [b for b in published if b.get("dataset") == flag and str(b.get("size", size)) == str(size)]
         lines += ["### Published baselines beside ours", "",
                   *baseline_table(drows, [b for b in published if b.get("dataset") == flag], size), "",
                   *reference_check(drows, own_published)]
-        figs = figures.get(flag, {})
-        for kind, png in figs.items():
-            if png is not None and Path(png).is_file():
-                lines += [f"![{flag} {kind}]({Path(png).relative_to(root).as_posix()})", ""]
+        lines += _figure_lines(figures.get(flag, {}), flag, root)
         if evidence is not None:
             lines += [f"### Paired comparisons on every test image ({flag}, seeds combined)", "",
                       *paired_section([c for c in evidence.comparisons if c.setting[0] == flag]), ""]

@@ -11,12 +11,14 @@ from .cells import Cell
 from .runner import read_status
 
 METRICS = ("auc", "acc", "f1", "balanced_acc", "mcc")
+DENSE_METRICS = ("dice", "iou", "mae", "rmse", "r2")  # segmentation, regression cells (empty for classification)
 KEY_COLUMNS = ("cell_id", "init", "init_source", "model", "dataset", "fraction", "seed", "mode", "status")
 COLUMNS = (
     *KEY_COLUMNS,
     *(f"test_{m}" for m in METRICS),
     *(f"val_{m}" for m in METRICS),
     "epochs_to_best", "train_seconds", "train_samples", "error",
+    *(f"{split}_{m}" for split in ("test", "val") for m in DENSE_METRICS),
 )
 
 
@@ -37,7 +39,7 @@ def cell_row(cell: Cell, directory: Path) -> dict:
         "error": None if done else status.get("error"),
     }
     for split in ("test", "val"):
-        for m in METRICS:
+        for m in (*METRICS, *DENSE_METRICS):
             row[f"{split}_{m}"] = metrics.get(split, {}).get(m, math.nan)
     best = stats.get("epochs_to_best", stats["best_epoch"] + 1 if "best_epoch" in stats else None)
     row["epochs_to_best"] = best if best is not None else math.nan

@@ -6,12 +6,13 @@ import logging
 from collections import defaultdict
 from pathlib import Path
 
+from ..data.domains import dataset_info
 from .baselines import read_baselines
 from .cells import enumerate_cells
 from .config import StudyConfig, resolve_baselines
 from .evidence import paired_comparisons, ranking, recommendations
 from .plots import convergence_plot, critical_difference_plot, label_efficiency_plot, series_key
-from .report import Evidence, write_report
+from .report import Evidence, primary_metrics, write_report
 from .results import collect_rows, val_history, write_csv
 from .runner import run_cells, study_log
 from .stages import resolved_inits, run_stages, stage_lines
@@ -27,16 +28,19 @@ def study_figures(cfg: StudyConfig, rows: list[dict]) -> dict[str, dict[str, Pat
     figures: dict[str, dict[str, Path | None]] = {}
     for flag in cfg.data.datasets:
         drows = [r for r in rows if r["dataset"] == flag and r["status"] == "done"]
+        metric = primary_metrics(flag)[0][0].removeprefix("test_")
         with_mode = len({r["mode"] for r in drows}) > 1
         with_model = len({r["model"] for r in drows}) > 1
         histories: dict[tuple[str, float], list] = defaultdict(list)
         for r in drows:
-            histories[(series_key(r, with_mode, with_model), r["fraction"])].append(val_history(cells_root / r["cell_id"], flag))
+            histories[(series_key(r, with_mode, with_model), r["fraction"])].append(
+                val_history(cells_root / r["cell_id"], flag, metric))
         figures[flag] = {
-            "label efficiency": label_efficiency_plot(rows, flag, out / "plots" / f"{flag}_label_efficiency.png"),
-            "convergence": convergence_plot(histories, flag, out / "plots" / f"{flag}_convergence.png"),
+            "label efficiency": label_efficiency_plot(rows, flag, out / "plots" / f"{flag}_label_efficiency.png",
+                                                      f"test_{metric}"),
+            "convergence": convergence_plot(histories, flag, out / "plots" / f"{flag}_convergence.png", metric),
         }
-        if cfg.explain.enabled:
+        if cfg.explain.enabled and not dataset_info(flag).is_dense:  # Grad-CAM explains class scores
             figures[flag].update(explain_figures(cfg, drows, flag))
     return figures
 

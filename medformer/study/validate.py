@@ -27,6 +27,10 @@ def validate(cfg: StudyConfig) -> StudyConfig:
     bad = [m for m in cfg.modes if m not in MODES]
     if bad:
         raise ConfigError(f"study config key 'modes': {bad[0]!r} is not one of {', '.join(MODES)}")
+    dense = [f for f in cfg.data.datasets if dataset_info(f).is_dense]
+    if dense and "knn" in cfg.modes:
+        raise ConfigError(f"study mode 'knn' classifies; {dense[0]} is a {dataset_info(dense[0]).task} task: "
+                          "use full, linear_probe or head_only for it")
     bad_f = [f for f in cfg.label_fractions if not 0.0 < f <= 1.0]
     if bad_f:
         raise ConfigError(f"study config key 'label_fractions': {bad_f[0]} is not in (0, 1]")
