@@ -15,9 +15,9 @@ import numpy as np
 
 from medformer.data.domains import (
     BINARY,
+    CLASSIFICATION_TASKS,
     MULTI_LABEL,
     ORDINAL,
-    CLASSIFICATION_TASKS,
     DatasetInfo,
     dataset_info,
     register_dataset,

@@ -18,8 +18,7 @@ from torchvision.models.video import r3d_18
 
 from ..data.batch import Inputs
 from ..data.domains import DatasetInfo
-from .dense_heads import DEFAULT_HEAD, DenseFeatures, EncoderSpec, grid_level_near, make_dense_head
-from .heads import head_width
+from .dense_heads import DenseFeatures, EncoderSpec, add_dataset_head, grid_level_near
 from .medformer import SIZES
 from .stem_calls import dims_only_elsewhere, has_batchnorm, merged_groups, zero_weighted
 
@@ -188,12 +187,7 @@ class CNNModel(nn.Module):
     def add_dataset(self, info: DatasetInfo, task: str | None = None, head: str | None = None) -> None:
         """The dataset's head: linear for classification, a dense head of kind `head` (transformer or
         cnn) for segmentation and regression."""
-        name = task or info.flag
-        if info.is_dense:
-            if name not in self.dense_heads:
-                self.dense_heads[name] = make_dense_head(info, self.dense_spec(info.dim), head or DEFAULT_HEAD)
-            return
-        self.add_task(name, head_width(info.task, info.n_classes))
+        add_dataset_head(self, info, task or info.flag, head)
 
     def dense_spec(self, dim: str) -> EncoderSpec:
         """The features dense heads get: the encoder's stage outputs, the deepest as tokens."""

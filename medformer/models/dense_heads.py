@@ -30,6 +30,7 @@ from torch import nn
 
 from ..data.domains import REGRESSION, SEGMENTATION, DatasetInfo
 from .attention import Block
+from .heads import head_width
 
 HEAD_KINDS = ("transformer", "cnn")
 DEFAULT_HEAD = "cnn"
@@ -225,6 +226,15 @@ def make_dense_head(info: DatasetInfo, spec: EncoderSpec, kind: str) -> nn.Modul
     if info.task == REGRESSION:
         return ConvRegressionHead(spec) if kind == "cnn" else TransformerRegressionHead(spec)
     raise ValueError(f"{info.flag} is a {info.task} task: it has a classification head, not a dense one")
+
+
+def add_dataset_head(model: nn.Module, info: DatasetInfo, name: str, kind: str | None) -> None:
+    """The dataset's head on `model` (a Medformer or CNNModel), unless it has one: a dense head of
+    `kind` (transformer or cnn) for segmentation and regression, else `model.add_task`."""
+    if not info.is_dense:
+        model.add_task(name, head_width(info.task, info.n_classes))
+    elif name not in model.dense_heads:
+        model.dense_heads[name] = make_dense_head(info, model.dense_spec(info.dim), kind or DEFAULT_HEAD)
 
 
 def grid_level_near(reductions: list[int], stride: int = 4) -> int:

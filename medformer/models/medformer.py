@@ -22,8 +22,7 @@ from ..config import ranged
 from ..data.batch import Inputs
 from ..data.domains import DatasetInfo
 from .attention import Block
-from .dense_heads import DEFAULT_HEAD, DenseFeatures, EncoderSpec, make_dense_head
-from .heads import head_width
+from .dense_heads import DenseFeatures, EncoderSpec, add_dataset_head
 from .stem_calls import dims_only_elsewhere, has_batchnorm, merged_groups, zero_weighted
 
 
@@ -350,12 +349,7 @@ class Medformer(nn.Module):
         """Add the dataset's modality/body-part latents and its task head (if not present); a
         segmentation or regression dataset gets a dense head of kind `head` (transformer or cnn)."""
         self.input_adapt.add_domain(info.modality, info.body_part)
-        name = task or info.flag
-        if info.is_dense:
-            if name not in self.dense_heads:
-                self.dense_heads[name] = make_dense_head(info, self.dense_spec(info.dim), head or DEFAULT_HEAD)
-            return
-        self.add_task(name, head_width(info.task, info.n_classes))
+        add_dataset_head(self, info, task or info.flag, head)
 
     def add_task(self, name: str, n_outputs: int) -> None:
         self.output_adapt.add_task(name, n_outputs)
