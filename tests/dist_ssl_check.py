@@ -1,5 +1,5 @@
-"""Distributed equality check of every SSL method and of pseudo-label classification, alone and
-summed with VICReg (a script, not a test module).
+"""Distributed equality check of every SSL method, of pseudo-label classification and of every
+pretext task, alone and summed with VICReg (a script, not a test module).
 
     python tests/dist_ssl_check.py OUT.pt [--dtype float64] [METHOD ...]    # one process, global batch
     torchrun --standalone --nproc_per_node 2 tests/dist_ssl_check.py OUT.pt  # each rank its half
@@ -32,29 +32,31 @@ from medformer.config import ModelConfig
 from medformer.data.batch import make_inputs
 from medformer.data.domains import dataset_info
 from medformer.models.factory import create_model
-from medformer.objectives.pseudolabel import PseudoLabelObjective
+from medformer.objectives.pretext import PRETEXT_TASKS, build_pretext
+from medformer.objectives.pretrain import PretrainObjective
+from medformer.objectives.pseudolabel import PseudoLabelTerm
 from medformer.objectives.ssl import SSL_METHODS, build_ssl_objective
-from medformer.objectives.ssl_config import SSLConfig
+from medformer.objectives.ssl_config import PretextConfig, SSLConfig
 
 GLOBAL_BATCH = 8
 STEPS = 2
 TINY_MODEL = {"depth": 1, "hidden_dim": 32, "heads": 2, "latent_dim": 16, "num_latent_tokens": 4}
 DATASETS = ("pneumoniamnist", "adrenalmnist3d")
-PSEUDOLABEL_METHODS = ("pseudolabel", "vicreg+pseudolabel")
+COMBINED_METHODS = ("pseudolabel", "vicreg+pseudolabel", "vicreg+mae+pseudolabel")
 N_PSEUDOLABELS = 3
 
 
 def all_methods() -> list[str]:
-    return [*sorted(SSL_METHODS), *PSEUDOLABEL_METHODS]
+    return [*sorted(SSL_METHODS), *sorted(PRETEXT_TASKS), *COMBINED_METHODS]
 
 
-def build_objective(method: str, model: torch.nn.Module) -> torch.nn.Module:
-    """An SSL objective, or pseudo-label classification alone / around an SSL objective."""
-    ssl_method, _, pseudolabel = method.partition("+")
-    if ssl_method == "pseudolabel":
-        return PseudoLabelObjective(model, N_PSEUDOLABELS)
-    ssl = build_ssl_objective(ssl_method, model, ssl_config(ssl_method))
-    return PseudoLabelObjective(model, N_PSEUDOLABELS, ssl) if pseudolabel else ssl
+def build_objective(method: str, model: torch.nn.Module) -> PretrainObjective:
+    """The run's objective for "+"-joined parts: an SSL method, "pseudolabel", pretext task names."""
+    parts = method.split("+")
+    ssl = next((build_ssl_objective(p, model, ssl_config(p)) for p in parts if p in SSL_METHODS), None)
+    pseudolabel = PseudoLabelTerm(model, N_PSEUDOLABELS) if "pseudolabel" in parts else None
+    tasks = [p for p in parts if p in PRETEXT_TASKS]
+    return PretrainObjective(model, ssl, pseudolabel, build_pretext(PretextConfig(tasks=tasks), model), seed=0)
 
 
 def local_pseudolabels(rank: int, world: int) -> torch.Tensor:
@@ -82,11 +84,14 @@ def global_batches() -> list[tuple[list, list, list]]:
     return batches
 
 
-def local_views(batch: tuple[list, list, list], rank: int, world: int, dtype: torch.dtype) -> list:
+def local_batch(batch: tuple[list, list, list], rank: int, world: int, dtype: torch.dtype) -> dict:
+    """This rank's rows: two views, pseudo-labels, and the (dataset, index) that seed pretext draws."""
     view0, view1, flags = batch
     n = GLOBAL_BATCH // world
     rows = slice(rank * n, (rank + 1) * n)
-    return [make_inputs([x.to(dtype) for x in view[rows]], flags[rows]) for view in (view0, view1)]
+    return {"views": [make_inputs([x.to(dtype) for x in view[rows]], flags[rows]) for view in (view0, view1)],
+            "pseudolabels": local_pseudolabels(rank, world), "dataset": flags[rows],
+            "index": torch.arange(GLOBAL_BATCH)[rows]}
 
 
 def flat_grad(params: list[torch.nn.Parameter]) -> torch.Tensor:
@@ -95,7 +100,7 @@ def flat_grad(params: list[torch.nn.Parameter]) -> torch.Tensor:
 
 def trainable(module: torch.nn.Module, heads_only: bool = False) -> list[torch.nn.Parameter]:
     return [p for n, p in module.named_parameters()
-            if p.requires_grad and not (heads_only and n.startswith("model.") and "pseudolabel" not in n)]
+            if p.requires_grad and not (heads_only and n.startswith(("model.", "ssl.model.")) and "pseudolabel" not in n)]
 
 
 @torch.no_grad()
@@ -116,7 +121,7 @@ def check_method(method: str, rank: int, world: int, dtype: torch.dtype = torch.
     wrapped = DistributedDataParallel(objective, find_unused_parameters=True) if world > 1 else objective
     record: dict = {"losses": [], "encoder_grad": [], "head_grad": [], "momentum": []}
     for step, batch in enumerate(global_batches(), start=1):
-        losses = wrapped({"views": local_views(batch, rank, world, dtype), "pseudolabels": local_pseudolabels(rank, world)})
+        losses = wrapped(local_batch(batch, rank, world, dtype))
         sum(losses.values()).backward()
         terms = torch.stack([v.detach() for v in losses.values()])
         if world > 1:
@@ -128,7 +133,7 @@ def check_method(method: str, rank: int, world: int, dtype: torch.dtype = torch.
         perturb(objective, seed=step)
         objective.on_step_end(step, 10)
         state = {k: v.detach().clone() for k, v in objective.state_dict().items()
-                 if "momentum" in k or k.startswith("queue") or "running_" in k}
+                 if "momentum" in k or "queue" in k or "running_" in k or k == "calls"}
         record["momentum"].append(state)
     return record
 

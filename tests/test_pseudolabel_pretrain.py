@@ -23,7 +23,8 @@ from medformer.data.batch import make_inputs
 from medformer.data.domains import dataset_info
 from medformer.data.loaders import train_dataset
 from medformer.models.factory import create_model
-from medformer.objectives.pseudolabel import LOSS, PseudoLabelObjective
+from medformer.objectives.pretrain import PretrainObjective
+from medformer.objectives.pseudolabel import LOSS, PseudoLabelTerm
 from medformer.objectives.ssl import SSL_METHODS, build_ssl_objective
 from medformer.pseudolabels.targets import (
     UNLABELED,
@@ -134,10 +135,10 @@ def _model() -> torch.nn.Module:
 def test_with_ssl_the_classifier_reuses_the_ssl_pass_through_the_body(monkeypatch):
     model = _model()
     ssl = build_ssl_objective("vicreg", model, tiny_ssl("vicreg", proj_hidden_dim=32, proj_output_dim=16))
-    objective = PseudoLabelObjective(model, n_classes=3, ssl=ssl)
+    objective = PretrainObjective(model, ssl, PseudoLabelTerm(model, n_classes=3))
     calls = []
     original = model.tokens
-    monkeypatch.setattr(model, "tokens", lambda inputs: calls.append(1) or original(inputs))
+    monkeypatch.setattr(model, "tokens", lambda *a, **k: calls.append(1) or original(*a, **k))
     targets = torch.tensor([0, 1, 2, UNLABELED, 1, 0])
     losses = objective({"views": _views(), "pseudolabels": targets})
     assert len(calls) == 2  # one pass per view serves VICReg and the pseudo-label head
@@ -156,7 +157,7 @@ def test_with_ssl_the_classifier_reuses_the_ssl_pass_through_the_body(monkeypatc
 def test_every_ssl_method_sums_with_pseudolabel_classification(method):
     model = _model()
     cfg = tiny_ssl(method, proj_hidden_dim=32, proj_output_dim=16, pred_hidden_dim=32, queue_size=12)
-    objective = PseudoLabelObjective(model, n_classes=3, ssl=build_ssl_objective(method, model, cfg))
+    objective = PretrainObjective(model, build_ssl_objective(method, model, cfg), PseudoLabelTerm(model, n_classes=3))
     losses = objective({"views": _views(), "pseudolabels": torch.tensor([0, 1, 2, 0, 1, 2])})
     assert LOSS in losses and len(losses) >= 2 and all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
@@ -165,7 +166,8 @@ def test_every_ssl_method_sums_with_pseudolabel_classification(method):
 
 
 def test_a_batch_without_labeled_rows_gives_zero_loss_and_no_nan():
-    objective = PseudoLabelObjective(_model(), n_classes=3)
+    model = _model()
+    objective = PretrainObjective(model, pseudolabel=PseudoLabelTerm(model, n_classes=3))
     losses = objective({"views": _views()[:1], "pseudolabels": torch.full((6,), UNLABELED)})
     assert losses[LOSS].item() == 0.0
     losses[LOSS].backward()

@@ -34,6 +34,7 @@ from medformer.eval.probe import (
     select_C,
 )
 from medformer.models.factory import create_model
+from medformer.objectives.pretext import PRETEXT_TASKS
 from medformer.objectives.ssl import (
     SSL_METHODS,
     CollapseDetector,
@@ -265,12 +266,12 @@ def distributed_runs(tmp_path_factory):
     return tmp, bool(pretrain_args)
 
 
-def test_two_processes_equal_one_process_for_every_method(distributed_runs):
+def test_two_processes_equal_one_process_for_every_method_and_pretext_task(distributed_runs):
     tmp, _ = distributed_runs
     one = torch.load(tmp / "one.pt", weights_only=False)
     two = torch.load(tmp / "two.pt", weights_only=False)
     assert (one["world_size"], two["world_size"]) == (1, 2)
-    methods = set(METHODS) | {"pseudolabel", "vicreg+pseudolabel"}
+    methods = set(METHODS) | set(PRETEXT_TASKS) | {"pseudolabel", "vicreg+pseudolabel", "vicreg+mae+pseudolabel"}
     assert set(one["results"]) == set(two["results"]) == methods
     for method in methods:
         a, b = one["results"][method], two["results"][method]

@@ -14,8 +14,8 @@ from ..data.batch import collate
 from ..data.domains import MULTI_LABEL, dataset_info
 from ..data.loaders import SeededTransform, medmnist_split
 from ..data.transforms import eval_transform
-from ..objectives.pseudolabel import PseudoLabelObjective
-from ..objectives.ssl import CollapseDetector, SSLObjective
+from ..objectives.pretrain import PretrainObjective
+from ..objectives.ssl import CollapseDetector
 from ..objectives.ssl_config import MonitorConfig, PretrainConfig
 from .probe import extract_features, knn_eval
 
@@ -59,7 +59,7 @@ class PretrainMonitor:
         self.window: deque[dict[str, float]] = deque(maxlen=max(1, cfg.monitor.every))
         self.embedding: dict[str, float] = {}
         self.embedding_step = -1
-        self.objective: SSLObjective | None = None
+        self.objective: PretrainObjective | None = None
         self.knn_metrics: dict[str, float] = {}
 
     def global_losses(self, losses: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -83,14 +83,14 @@ class PretrainMonitor:
             self.embedding_step = step
         return self.embedding
 
-    def __call__(self, step: int, objective: SSLObjective | PseudoLabelObjective) -> dict[str, float] | None:
+    def __call__(self, step: int, objective: PretrainObjective) -> dict[str, float] | None:
         logs: dict[str, float] = {}
         self.objective = objective
         self.window.append(self.global_losses(objective.last_losses))
         if self.acc.is_main_process:
             if step % self.cfg.monitor.every == 0 or step == 1:
                 logs.update(self.update_embedding(step))
-                if isinstance(objective, PseudoLabelObjective):
+                if objective.pseudolabel is not None:
                     logs["pseudolabel/train_acc"] = objective.last_accuracy
             every = self.cfg.monitor.knn_every
             if self.knn is not None and every and step % every == 0:

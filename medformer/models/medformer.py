@@ -191,9 +191,10 @@ class InputAdaptformer(nn.Module):
         x = stem(images) if isinstance(stem, ConvStem) else _conv_any_channels(stem, images)
         grid = x.shape[2:]
         x = x.flatten(2).transpose(1, 2)
-        return x + self._pos_embed(grid, images.ndim == 4)
+        return x + self.position_embedding(grid, images.ndim == 4)
 
-    def _pos_embed(self, grid: tuple[int, ...], is_2d: bool) -> torch.Tensor:
+    def position_embedding(self, grid: tuple[int, ...], is_2d: bool) -> torch.Tensor:
+        """[1, prod(grid), hidden]: the learned position embeddings, resampled to `grid` if it differs."""
         if is_2d:
             if tuple(grid) == (self.grid_2d,) * 2:
                 return self.pos_2d
@@ -229,14 +230,18 @@ class InputAdaptformer(nn.Module):
         )
         return torch.cat([self.latents.expand(b, -1, -1), domain], dim=1)
 
-    def forward(self, inputs: Inputs, patches: dict | None = None) -> torch.Tensor:
+    def forward(self, inputs: Inputs, patches: dict | None = None, keep: dict[str, torch.Tensor] | None = None
+                ) -> torch.Tensor:
         """Canonical tokens [B, num_tokens, hidden]; `patches`, when given, receives {dim: (images,
-        batch rows, patch grid [b, hidden, *grid])} for the dense heads."""
+        batch rows, patch grid [b, hidden, *grid])} for the dense heads. `keep` {dim: [b, K] patch
+        indices} leaves only those patch tokens in the cross-attention's context (masked modelling)."""
         queries = self.queries(inputs)
         groups = merged_groups(inputs)
         out = None
         for dim, (images, rows) in groups.items():
             tokens = self.patch_tokens(images)
+            if keep is not None and dim in keep:
+                tokens = tokens.gather(1, keep[dim][..., None].expand(-1, -1, tokens.shape[-1]))
             if patches is not None:
                 grid = [s // self.patch_size for s in images.shape[2:]]
                 patches[dim] = (images, rows, tokens.transpose(1, 2).reshape(len(images), -1, *grid))
@@ -359,10 +364,11 @@ class Medformer(nn.Module):
         per_dataset = ("modality_latents.", "body_part_latents.", "task_latents.", "heads.")
         return [n for n, _ in self.named_parameters() if not any(s in n for s in per_dataset)]  # heads. covers dense_heads.
 
-    def tokens(self, inputs: Inputs, patches: dict | None = None) -> torch.Tensor:
+    def tokens(self, inputs: Inputs, patches: dict | None = None, keep: dict[str, torch.Tensor] | None = None
+               ) -> torch.Tensor:
         """Body tokens [B, N, hidden] after the Input Adaptformer and the transformer blocks
-        (`patches`: see InputAdaptformer.forward)."""
-        x = self.input_adapt(inputs, patches)
+        (`patches`, `keep`: see InputAdaptformer.forward)."""
+        x = self.input_adapt(inputs, patches, keep)
         for block in self.blocks:
             x = block(x)
         return self.norm(x)

@@ -142,6 +142,75 @@ class PseudoLabelTrainConfig:
 
 
 @dataclass
+class MAEConfig:
+    """Masked modelling: mask a share of the patch tokens, reconstruct their pixels (Medformer only)."""
+
+    mask_ratio: float = ranged(0.75, gt=0.0, lt=1.0)  # share of patch tokens hidden from the encoder
+    norm_pix: bool = True  # targets are each patch's pixels normalised by the patch's own mean and std
+    decoder_width: int | None = ranged(None, ge=1)  # None: the model's hidden_dim
+    decoder_depth: int = ranged(1, ge=1)  # cross-attention blocks of the pixel decoder
+
+
+@dataclass
+class RotationConfig:
+    """Predict which of the rotations by multiples of 90 degrees was applied (any encoder)."""
+
+    axes: list[Literal["x", "y", "z"]] | None = None  # None: z for images (in-plane), x, y and z for volumes
+    head_hidden_dim: int | None = ranged(None, ge=1)  # None: the encoder's width
+
+
+@dataclass
+class JigsawConfig:
+    """Predict which permutation of a fixed set shuffled the tiles (any encoder)."""
+
+    grid: int = ranged(2, ge=2)  # tiles per side: grid x grid for images, grid^3 sub-volumes for volumes
+    n_permutations: int = ranged(24, ge=2)  # size of the fixed permutation set (all of them if fewer exist)
+    head_hidden_dim: int | None = ranged(None, ge=1)  # None: the encoder's width
+
+
+@dataclass
+class InpaintingConfig:
+    """Context restoration (Models Genesis): corrupt boxes of the image, restore the whole image (Medformer only)."""
+
+    corruption: Literal["inpaint", "shuffle", "both"] = "both"  # noise-filled boxes, pixels shuffled per patch, or either
+    boxes: int = ranged(3, ge=1)  # boxes per image
+    box_min: float = ranged(0.1, gt=0.0, le=1.0)  # box side as a share of the image side, drawn in [box_min, box_max]
+    box_max: float = ranged(0.3, gt=0.0, le=1.0)
+    decoder_width: int | None = ranged(None, ge=1)  # None: the model's hidden_dim
+    decoder_depth: int = ranged(1, ge=1)
+
+
+PretextTask = Literal["mae", "rotation", "jigsaw", "inpainting"]
+
+
+@dataclass
+class PretextConfig:
+    """Pretext tasks trained beside (or instead of) the SSL method: `pretext.tasks` and their settings
+    `pretext.<task>.<knob>`; each one's loss is a named term (mae/mse, rotation/ce, jigsaw/ce, inpainting/mse)."""
+
+    tasks: list[PretextTask] = field(default_factory=list)
+    mae: MAEConfig = field(default_factory=MAEConfig)
+    rotation: RotationConfig = field(default_factory=RotationConfig)
+    jigsaw: JigsawConfig = field(default_factory=JigsawConfig)
+    inpainting: InpaintingConfig = field(default_factory=InpaintingConfig)
+
+
+def check_pretext(cfg: PretextConfig) -> None:
+    """Settings of a task that does not run are a mistake, as for ssl.<method>; box_min <= box_max."""
+    if len(set(cfg.tasks)) != len(cfg.tasks):
+        raise ConfigError(f"pretext.tasks lists a task twice: {cfg.tasks}")
+    for name in ("mae", "rotation", "jigsaw", "inpainting"):
+        section = getattr(cfg, name)
+        if name not in cfg.tasks and section != type(section)():
+            changed = [k.name for k in dataclasses.fields(section) if getattr(section, k.name) != k.default]
+            raise ConfigError(f"config key 'pretext.{name}.{changed[0]}' is set, but {name} is not in pretext.tasks: "
+                              f"add it to pretext.tasks or drop the pretext.{name} settings")
+    if cfg.inpainting.box_min > cfg.inpainting.box_max:
+        raise ConfigError(f"pretext.inpainting.box_min ({cfg.inpainting.box_min}) must be <= box_max "
+                          f"({cfg.inpainting.box_max})")
+
+
+@dataclass
 class PretrainConfig:
     data: DataConfig = field(default_factory=lambda: DataConfig(
         datasets=["pneumoniamnist", "breastmnist", "retinamnist", "adrenalmnist3d"]))
@@ -152,10 +221,11 @@ class PretrainConfig:
     ssl: SSLConfig = field(default_factory=SSLConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     pseudolabel: PseudoLabelTrainConfig = field(default_factory=PseudoLabelTrainConfig)
+    pretext: PretextConfig = field(default_factory=PretextConfig)
     seed: int = ranged(0, ge=0)
     output_dir: str = "runs/pretrain"
     resume: str | None = None  # output_dir of a run to continue
-    loss_weights: dict[str, float] = field(default_factory=dict)  # per loss term, e.g. ssl/variance, pseudolabel/ce
+    loss_weights: dict[str, float] = field(default_factory=dict)  # per loss term (default 1), e.g. ssl/variance, pseudolabel/ce, mae/mse
 
 
 def view_list(views: ViewConfig | list[ViewConfig]) -> list[ViewConfig]:

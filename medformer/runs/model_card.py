@@ -17,9 +17,9 @@ ENCODER_FILE = "encoder.safetensors"
 
 
 def method_name(cfg: PretrainConfig) -> str:
-    """vicreg, pseudolabel, or vicreg+pseudolabel."""
+    """The run's terms joined by +: vicreg, pseudolabel, mae, vicreg+pseudolabel+mae, ..."""
     parts = [cfg.ssl.method] if cfg.ssl.method != "none" else []
-    return "+".join(parts + (["pseudolabel"] if cfg.pseudolabel.labels else []))
+    return "+".join(parts + (["pseudolabel"] if cfg.pseudolabel.labels else []) + list(cfg.pretext.tasks))
 
 
 def model_card(cfg: PretrainConfig, trainer: Trainer, monitor: PretrainMonitor, n_samples: dict[str, int]) -> dict:

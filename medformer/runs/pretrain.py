@@ -1,4 +1,4 @@
-"""A pretraining run: config -> multi-view data -> model -> SSL and/or pseudo-label objective -> engine.
+"""A pretraining run: config -> multi-view data -> model -> SSL, pseudo-label and pretext terms -> engine.
 
 Writes into output_dir: config.yaml, TensorBoard logs, checkpoints (Trainer), and after every
 epoch (and so at the end) `encoder.safetensors` (the encoder model's state_dict, domain latents
@@ -31,9 +31,11 @@ from ..io import write_json
 from ..models.build import build_model, check_model
 from ..models.factory import add_domains
 from ..models.weights import save_weights
-from ..objectives.pseudolabel import PseudoLabelObjective
-from ..objectives.ssl import SSLObjective, build_ssl_objective
-from ..objectives.ssl_config import PretrainConfig, check_ssl, view_list
+from ..objectives.pretext import build_pretext, check_pretext_data
+from ..objectives.pretrain import PretrainObjective, check_loss_weights
+from ..objectives.pseudolabel import PseudoLabelTerm
+from ..objectives.ssl import build_ssl_objective
+from ..objectives.ssl_config import PretrainConfig, check_pretext, check_ssl, view_list
 from ..pseudolabels.targets import (
     BalancedSampler,
     PseudoLabeled,
@@ -52,8 +54,11 @@ logger = logging.getLogger(__name__)
 def check_objectives(cfg: PretrainConfig) -> None:
     ssl_on = cfg.ssl.method != "none"
     check_ssl(cfg.ssl)
-    if not ssl_on and not cfg.pseudolabel.labels:
-        raise ConfigError("nothing to train: ssl.method=none needs pseudolabel.labels=<pseudolabel output_dir>")
+    check_pretext(cfg.pretext)
+    if not ssl_on and not cfg.pseudolabel.labels and not cfg.pretext.tasks:
+        raise ConfigError("nothing to train: ssl.method=none needs pseudolabel.labels=<pseudolabel output_dir> "
+                          "or pretext.tasks=[mae, rotation, jigsaw, inpainting]")
+    check_loss_weights(cfg)
     views = view_list(cfg.views)
     for i, view in enumerate(views):
         check_view(view, "views" if isinstance(cfg.views, ViewConfig) else f"views[{i}]")
@@ -92,21 +97,22 @@ def pseudolabel_head_size(cfg: PretrainConfig, labels: np.ndarray) -> tuple[int,
 
 
 def with_pseudolabels(cfg: PretrainConfig, dataset, label_table: dict, model: torch.nn.Module,
-                      ssl: SSLObjective | None, accelerator: Accelerator):
-    """The pseudo-label side of a run: labelled dataset, objective (around `ssl` if given),
+                      accelerator: Accelerator):
+    """The pseudo-label side of a run: labelled dataset, loss term (its head added to `model`),
     class-balanced sampler (or None) and the re-clustering epoch hook (or None)."""
     pl = cfg.pseudolabel
     dataset = PseudoLabeled(dataset, align_labels(dataset, label_table))
     logger.info("pseudo-labels for %d of %d samples, %s", (dataset.labels >= 0).sum(), len(dataset),
                 class_counts(dataset.labels))
     n_outputs, k = pseudolabel_head_size(cfg, dataset.labels)
-    objective = PseudoLabelObjective(model, n_outputs, ssl, pl.label_smoothing, cfg.ssl.sync_batchnorm)
-    sampler = BalancedSampler(dataset, cfg.seed, keep_unlabeled=ssl is not None) if pl.balanced else None
+    term = PseudoLabelTerm(model, n_outputs, pl.label_smoothing)
+    keep_unlabeled = cfg.ssl.method != "none" or bool(cfg.pretext.tasks)  # the other terms read unlabeled samples
+    sampler = BalancedSampler(dataset, cfg.seed, keep_unlabeled) if pl.balanced else None
     reclustering = None
     if pl.recluster_every:
         reclustering = Reclustering(dataset, pl.recluster_every, k, n_outputs, cfg.seed, cfg.train.batch_size,
                                     Path(cfg.output_dir), accelerator)
-    return dataset, objective, sampler, reclustering
+    return dataset, term, sampler, reclustering
 
 
 def run_pretrain(cfg: PretrainConfig) -> dict:
@@ -133,13 +139,17 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     n_samples = {base.info.flag: len(base) for base in bases}
     model = build_model(cfg.model, [base.info for base in bases], data.size)
     add_domains(model, sorted({d for base in bases for d in getattr(base, "domains", [])}))
-    objective = build_ssl_objective(cfg.ssl.method, model, cfg.ssl) if cfg.ssl.method != "none" else None
+    check_pretext_data(cfg.pretext, {base.info.dim for base in bases}, data.size, views)
+    # SSL first: its momentum twins copy the encoder before the pseudo-label head is added
+    ssl = build_ssl_objective(cfg.ssl.method, model, cfg.ssl) if cfg.ssl.method != "none" else None
     sampler = DatasetBalancedSampler(dataset, cfg.seed) if data.balance_datasets else None
-    reclustering = None
+    reclustering = pseudolabel = None
     if label_table is not None:
-        dataset, objective, class_sampler, reclustering = with_pseudolabels(cfg, dataset, label_table, model,
-                                                                            objective, accelerator)
+        dataset, pseudolabel, class_sampler, reclustering = with_pseudolabels(cfg, dataset, label_table, model,
+                                                                              accelerator)
         sampler = sampler or class_sampler  # check_objectives allows at most one
+    objective = PretrainObjective(model, ssl, pseudolabel, build_pretext(cfg.pretext, model), cfg.seed,
+                                  cfg.ssl.sync_batchnorm)
     on_device = DeviceAugment(views={dim: [batch_view_transform(v, dim) for v in views] for dim in ("2d", "3d")})
     loader, batch_transform = train_batches(data, dataset, parts, cfg.train.batch_size, cfg.seed, sampler,
                                             accelerator.num_processes, accelerator.device, on_device)

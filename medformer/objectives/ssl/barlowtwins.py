@@ -22,6 +22,8 @@ class BarlowTwins(SSLObjective):
     [B, D] embeddings first gives every rank the exact global loss, whose DDP gradient is exact.
     """
 
+    loss_names = ("ssl/barlowtwins",)
+
     def __init__(self, model: nn.Module, cfg: SSLConfig):
         super().__init__(model, cfg)
         s = self.settings
@@ -29,8 +31,6 @@ class BarlowTwins(SSLObjective):
         self.projector = BarlowTwinsProjectionHead(self.embed_dim, hidden, s.proj_output_dim or hidden)
         self.criterion = BarlowTwinsLoss(lambda_param=s.lambda_offdiag, gather_distributed=False)
 
-    def losses(self, view0: Inputs, view1: Inputs) -> dict[str, Tensor]:
-        h0, h1 = self.encode(view0), self.encode(view1)
-        self.remember(h0)
+    def terms(self, view0: Inputs, view1: Inputs, h0: Tensor, h1: Tensor) -> dict[str, Tensor]:
         z0, z1 = gather_with_grad(self.projector(h0)), gather_with_grad(self.projector(h1))
         return {"ssl/barlowtwins": fp32(self.criterion, z0, z1)}

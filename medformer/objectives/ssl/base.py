@@ -38,11 +38,15 @@ class SSLObjective(nn.Module):
     """Two views -> `model.encode` -> method heads -> named loss terms (views beyond the first
     two are ignored: no multi-crop yet).
 
-    Subclasses implement `losses(view0, view1)`. The representation of the first view of the last
-    batch is kept (detached) in `last_embeddings` for collapse monitoring, the terms in `last_losses`.
+    Subclasses implement `terms(view0, view1, h0, h1)` from the online embeddings h of the two
+    views, which the caller computes (`forward` with `model.encode`; a composite pretraining
+    objective from the pass it shares with other terms); momentum methods encode the views again
+    with their own twins. The representation of the first view of the last batch is kept
+    (detached) in `last_embeddings` for collapse monitoring, the terms in `last_losses`.
     """
 
     method = "base"
+    loss_names: tuple[str, ...] = ()  # the keys `terms` returns
 
     def __init__(self, model: nn.Module, cfg: SSLConfig):
         super().__init__()
@@ -52,8 +56,6 @@ class SSLObjective(nn.Module):
         self.embed_dim = int(model.embed_dim)
         self.last_embeddings: Tensor | None = None
         self.last_losses: dict[str, Tensor] = {}
-        # what `encode` calls; a pseudo-label objective swaps in one that also classifies
-        self.encoder_fn: Callable[[Inputs], Tensor] = model.encode
 
     @property
     def is_small(self) -> bool:
@@ -66,12 +68,6 @@ class SSLObjective(nn.Module):
             return value
         return small if self.is_small else large
 
-    def encode(self, inputs: Inputs) -> Tensor:
-        return self.encoder_fn(inputs)
-
-    def remember(self, representation: Tensor) -> None:
-        self.last_embeddings = representation.detach()
-
     def forward(self, batch: dict) -> dict[str, Tensor]:
         views = batch.get("views")
         if not views or len(views) < 2:
@@ -79,11 +75,14 @@ class SSLObjective(nn.Module):
                 f"{self.method} needs a batch with >= 2 views (batch['views']); "
                 "build the dataset with MultiViewTransform (views.n_views >= 2)"
             )
-        losses = self.losses(views[0], views[1])
+        h0, h1 = self.model.encode(views[0]), self.model.encode(views[1])
+        losses = self.terms(views[0], views[1], h0, h1)
+        self.last_embeddings = h0.detach()
         self.last_losses = {k: v.detach() for k, v in losses.items()}
         return losses
 
-    def losses(self, view0: Inputs, view1: Inputs) -> dict[str, Tensor]:
+    def terms(self, view0: Inputs, view1: Inputs, h0: Tensor, h1: Tensor) -> dict[str, Tensor]:
+        """Named loss terms from two views and their online embeddings h = model.encode(view)."""
         raise NotImplementedError
 
     def on_step_end(self, step: int, total_steps: int) -> None:

@@ -19,6 +19,8 @@ class BYOL(MomentumObjective):
     The loss is a mean over local rows and the target is computed without gradient, so the mean
     over ranks is the global loss; projector/predictor BatchNorm is synced across processes."""
 
+    loss_names = ("ssl/neg_cosine",)
+
     def __init__(self, model: nn.Module, cfg: SSLConfig):
         super().__init__(model, cfg)
         s = self.settings
@@ -30,17 +32,11 @@ class BYOL(MomentumObjective):
         self.projector_momentum = self.add_momentum_twin(self.projector)
         self.criterion = NegativeCosineSimilarity()
 
-    def online(self, inputs: Inputs) -> tuple[Tensor, Tensor]:
-        h = self.encode(inputs)
-        return h, self.predictor(self.projector(h))
-
     @torch.no_grad()
     def target(self, inputs: Inputs) -> Tensor:
         return self.projector_momentum(self.model_momentum.encode(inputs))
 
-    def losses(self, view0: Inputs, view1: Inputs) -> dict[str, Tensor]:
-        h0, p0 = self.online(view0)
-        _, p1 = self.online(view1)
-        self.remember(h0)
+    def terms(self, view0: Inputs, view1: Inputs, h0: Tensor, h1: Tensor) -> dict[str, Tensor]:
+        p0, p1 = self.predictor(self.projector(h0)), self.predictor(self.projector(h1))
         z0, z1 = self.target(view0), self.target(view1)
         return {"ssl/neg_cosine": 0.5 * (fp32(self.criterion, p0, z1) + fp32(self.criterion, p1, z0))}

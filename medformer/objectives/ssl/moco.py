@@ -36,6 +36,8 @@ class MoCoV2(MomentumObjective):
     global loss; keys carry no gradient.
     """
 
+    loss_names = ("ssl/infonce",)
+
     default_momentum = (0.99, 0.999)
 
     def __init__(self, model: nn.Module, cfg: SSLConfig):
@@ -52,10 +54,6 @@ class MoCoV2(MomentumObjective):
         self.register_buffer("queue", F.normalize(torch.randn(size, out, generator=generator), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
 
-    def query(self, inputs: Inputs) -> tuple[Tensor, Tensor]:
-        h = self.encode(inputs)
-        return h, self.projector(h)
-
     @torch.no_grad()
     def key(self, inputs: Inputs) -> Tensor:
         return self.projector_momentum(self.model_momentum.encode(inputs))
@@ -67,10 +65,8 @@ class MoCoV2(MomentumObjective):
         self.queue[rows] = keys
         self.queue_ptr.copy_((self.queue_ptr + len(keys)) % len(self.queue))
 
-    def losses(self, view0: Inputs, view1: Inputs) -> dict[str, Tensor]:
-        h0, q0 = self.query(view0)
-        _, q1 = self.query(view1)
-        self.remember(h0)
+    def terms(self, view0: Inputs, view1: Inputs, h0: Tensor, h1: Tensor) -> dict[str, Tensor]:
+        q0, q1 = self.projector(h0), self.projector(h1)
         k0, k1 = self.key(view0), self.key(view1)
         negatives = self.queue.clone()  # enqueue below writes in place
         nce = partial(info_nce, temperature=self.temperature)
@@ -85,6 +81,8 @@ class MoCoV3(MomentumObjective):
     """Symmetric contrastive loss of predicted queries against momentum keys of the other view,
     negatives = keys of the whole global batch (all-gathered). Each rank averages over its own
     queries (labels offset by rank), so the mean over ranks is the global loss."""
+
+    loss_names = ("ssl/infonce",)
 
     def __init__(self, model: nn.Module, cfg: SSLConfig):
         super().__init__(model, cfg)
@@ -111,9 +109,7 @@ class MoCoV3(MomentumObjective):
     def key(self, inputs: Inputs) -> Tensor:
         return self.projector_momentum(self.model_momentum.encode(inputs))
 
-    def losses(self, view0: Inputs, view1: Inputs) -> dict[str, Tensor]:
-        h0, h1 = self.encode(view0), self.encode(view1)
-        self.remember(h0)
+    def terms(self, view0: Inputs, view1: Inputs, h0: Tensor, h1: Tensor) -> dict[str, Tensor]:
         q0, q1 = self.predictor(self.projector(h0)), self.predictor(self.projector(h1))
         k0, k1 = self.key(view0), self.key(view1)
         return {"ssl/infonce": fp32(self.contrast, q0, k1) + fp32(self.contrast, q1, k0)}

@@ -16,6 +16,8 @@ class SimCLR(SSLObjective):
     """Per rank the NT-Xent mean over its own rows with negatives gathered (with gradient) from
     every process; the mean over ranks is the global-batch loss, so DDP gradients are exact."""
 
+    loss_names = ("ssl/ntxent",)
+
     def __init__(self, model: nn.Module, cfg: SSLConfig):
         super().__init__(model, cfg)
         s = self.settings
@@ -26,7 +28,5 @@ class SimCLR(SSLObjective):
         )
         self.criterion = NTXentLoss(temperature=self.pick(s.temperature, 0.2, 0.1), gather_distributed=True)
 
-    def losses(self, view0: Inputs, view1: Inputs) -> dict[str, Tensor]:
-        h0, h1 = self.encode(view0), self.encode(view1)
-        self.remember(h0)
+    def terms(self, view0: Inputs, view1: Inputs, h0: Tensor, h1: Tensor) -> dict[str, Tensor]:
         return {"ssl/ntxent": fp32(self.criterion, self.projector(h0), self.projector(h1))}

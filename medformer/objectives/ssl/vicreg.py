@@ -22,6 +22,8 @@ class VICReg(SSLObjective):
     gradient. The terms are returned separately so each is logged; they sum to lightly's loss.
     """
 
+    loss_names = ("ssl/invariance", "ssl/variance", "ssl/covariance")
+
     def __init__(self, model: nn.Module, cfg: SSLConfig):
         super().__init__(model, cfg)
         s = self.settings
@@ -35,12 +37,10 @@ class VICReg(SSLObjective):
     def invariance(self, z0: Tensor, z1: Tensor) -> dict[str, Tensor]:
         return {"ssl/invariance": self.settings.invariance_weight * invariance_loss(z0, z1)}
 
-    def losses(self, view0: Inputs, view1: Inputs) -> dict[str, Tensor]:
-        h0, h1 = self.encode(view0), self.encode(view1)
-        self.remember(h0)
-        return fp32(self.terms, self.projector(h0), self.projector(h1))
+    def terms(self, view0: Inputs, view1: Inputs, h0: Tensor, h1: Tensor) -> dict[str, Tensor]:
+        return fp32(self.vicreg_terms, self.projector(h0), self.projector(h1))
 
-    def terms(self, z0: Tensor, z1: Tensor) -> dict[str, Tensor]:
+    def vicreg_terms(self, z0: Tensor, z1: Tensor) -> dict[str, Tensor]:
         terms = self.invariance(z0, z1)
         z0, z1 = gather_with_grad(z0), gather_with_grad(z1)
         variance = 0.5 * (variance_loss(z0, self.eps) + variance_loss(z1, self.eps))
@@ -57,6 +57,8 @@ class VICRegThesis(VICReg):
     hook for another one; the variance and covariance terms reuse lightly's functions unchanged.
     The cosine term ignores the embedding scale, the MSE term ties it; both are local-row means.
     """
+
+    loss_names = ("ssl/invariance_cosine", "ssl/invariance_mse", "ssl/variance", "ssl/covariance")
 
     def invariance(self, z0: Tensor, z1: Tensor) -> dict[str, Tensor]:
         s = self.settings
