@@ -269,3 +269,33 @@ def test_bad_pretext_settings_exit_2_with_one_line_and_write_nothing(bad, needle
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and needle in err[0], err
     assert not out.exists()
+
+
+def test_a_resumed_pretext_run_equals_the_uninterrupted_one(tmp_path, monkeypatch, reset_accelerate):
+    """The pretext draws follow the step counter saved with the checkpoint: the run resumed from
+    its epoch-1 checkpoint masks, turns and corrupts what the uninterrupted run did."""
+    if not all((ROOT / f"{f}.npz").is_file() for f in MIXED):
+        pytest.skip(f"real MedMNIST files not found in {ROOT}")
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from medformer.engine.trainer import Trainer
+
+    full, part = tmp_path / "full", tmp_path / "part"
+    save_last = Trainer.save_last
+
+    def save_and_snapshot(self):
+        save_last(self)
+        if self.output_dir == full and self.state.epoch == 1:
+            shutil.copytree(full, part)
+
+    monkeypatch.setattr(Trainer, "save_last", save_and_snapshot)
+    more = ["train.epochs=3", "train.max_steps=null", "pretext.tasks=[mae,rotation,inpainting]", "views.rot90_3d=0"]
+    assert pretrain_main(run_args(full, *more)) == 0
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    assert pretrain_main([*run_args(part, *more), f"resume={part}"]) == 0
+    a, b = load_file(str(full / "encoder.safetensors")), load_file(str(part / "encoder.safetensors"))
+    assert json.loads((part / "train_stats.json").read_text())["steps"] == 12
+    assert max((a[k] - b[k]).abs().max().item() for k in a) == 0.0
