@@ -1,11 +1,12 @@
-"""Pretraining benchmark on CPU: every method (the SSL methods, pseudo-label classification and
-VICReg + pseudo-labels) pretrains medformer_small for the same time budget on the unlabeled train
+"""Pretraining benchmark on CPU: every method (the SSL methods, pseudo-label classification,
+VICReg + pseudo-labels, the pretext tasks and VICReg + MAE) pretrains medformer_small for the same time budget on the unlabeled train
 splits of four MedMNIST datasets, then linear probe / kNN per dataset vs the random-init encoder,
 and fine-tuning with 10% / 100% labels vs scratch.
 
     python scripts/bench_ssl.py --minutes-per-method 2 --methods simclr vicreg
     python scripts/bench_ssl.py --methods vicreg pseudolabel vicreg+pseudolabel --name pseudolabel_benchmark \
         --finetune-datasets pneumoniamnist breastmnist retinamnist adrenalmnist3d --fractions 0.1
+    python scripts/bench_ssl.py --methods vicreg mae rotation jigsaw inpainting vicreg+mae --name pretext_benchmark
 
 Pseudo-label methods first cluster the pool (`medformer pseudolabel`, all train images) and report
 its cluster quality.
@@ -45,7 +46,8 @@ REPO = Path(__file__).resolve().parents[2]
 DATASETS = ["pneumoniamnist", "breastmnist", "retinamnist", "adrenalmnist3d"]
 PUBLISHED = REPO.parent / "shared" / "reference" / "published_baselines.csv"
 PSEUDOLABEL_METHODS = ("pseudolabel", "vicreg+pseudolabel")
-METHODS = [*sorted(SSL_METHODS), *PSEUDOLABEL_METHODS]
+PRETEXT_METHODS = ("mae", "rotation", "jigsaw", "inpainting", "vicreg+mae")  # configs/pretrain/<name>_small.yaml
+METHODS = [*sorted(SSL_METHODS), *PSEUDOLABEL_METHODS, *PRETEXT_METHODS]
 
 
 def limit_threads(n: int) -> None:
