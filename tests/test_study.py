@@ -238,7 +238,7 @@ def test_knn_cells_score_the_frozen_encoder_with_the_cells_labeled_images(shared
     assert "knn" in (out / "report.md").read_text()
 
 
-@pytest.mark.parametrize("name,cells", [("full.yaml", 2430), ("full_imagenet_cnn.yaml", 1080)])
+@pytest.mark.parametrize("name,cells", [("full.yaml", 3780), ("full_imagenet_cnn.yaml", 1080)])
 def test_full_study_configs_load_and_enumerate_their_grid(name, cells):
     """The GPU-sized studies are valid configs (every key known, stages well-formed) with the grid the docs cost."""
     from medformer.study.cells import enumerate_cells
