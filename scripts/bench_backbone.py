@@ -43,6 +43,7 @@ METRICS = ("auc", "acc", "balanced_acc", "mcc")
 # what the benchmark's rows are called for readers
 LABELS = {"medformer_small": "medformer_small (new default)", "medformer_small_thesis": "medformer_small_thesis",
           "medformer_small_conv3d": "medformer_small_conv3d (conv stem in 3D too)",
+          "medformer_small_stem2": "medformer_small_stem2 (previous default: two stride-2 stem convs)",
           "vit_medformer_body": "plain ViT, same body (timm)", "resnet18_28": "ResNet-18 (28 px stem; R3D-18 for 3D)"}
 
 

@@ -116,7 +116,7 @@ def test_an_unknown_stem_stops_with_the_key():
         check_model(ModelConfig(name="medformer_small", overrides={"stem_3d": "cnn"}))
 
 
-@pytest.mark.parametrize("name", ["medformer_small", "medformer_small_thesis", "medformer_small_conv3d"])
+@pytest.mark.parametrize("name", ["medformer_small", "medformer_small_stem2", "medformer_small_thesis", "medformer_small_conv3d"])
 def test_every_stem_reads_pixels_onto_the_patch_grid(name):
     """Thesis patchify and conv stem give one token per 4x4 patch, 2D and 3D; a gray image reads as
     the same image replicated to RGB."""
@@ -145,10 +145,10 @@ def test_stems_are_called_once_per_dim_on_a_mixed_batch():
         torch.testing.assert_close(model.encode(inputs.select(torch.tensor([row])))[0], together[row], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("old", ["medformer_small_thesis", "medformer_small_conv3d"])
+@pytest.mark.parametrize("old", ["medformer_small_thesis", "medformer_small_conv3d", "medformer_small_stem2"])
 def test_encoder_of_another_size_fails_with_the_name_to_use(tmp_path, old):
-    """Encoders saved before medformer_small gained its conv stem (thesis), or before it read volumes
-    by patchify (conv3d), load by that name; into the new default they fail with one line naming it."""
+    """Encoders saved before medformer_small gained its conv stem (thesis), before it read volumes
+    by patchify (conv3d), or before its stride-1 stem layer (stem2), load by that name; into the new default they fail with one line naming it."""
     from medformer.models.weights import CheckpointError, load_weights, save_weights
 
     infos = [dataset_info("pneumoniamnist")]
