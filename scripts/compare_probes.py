@@ -25,7 +25,7 @@ from medformer.bench.ssl import limit_threads, write_report
 from medformer.data.domains import dataset_info  # noqa: E402
 from medformer.eval.bootstrap import paired_bootstrap  # noqa: E402
 from medformer.eval.probe import run_probe, summarize_test  # noqa: E402
-from medformer.study.stats import bonferroni  # noqa: E402
+from medformer.eval.stats import bonferroni  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("linear", "knn")

@@ -21,7 +21,7 @@ from medformer.data.medmnist import load_arrays
 from medformer.data.synthetic import synthetic_info, write_synthetic_npz
 from medformer.eval.dense_metrics import segmentation_metrics
 from medformer.models.factory import create_model
-from medformer.models.heads import task_loss
+from medformer.objectives.losses import task_loss
 from medformer.study import StudyConfig, run_study
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,7 +9,8 @@ from medmnist import Evaluator
 
 from medformer.data.synthetic import write_synthetic_npz
 from medformer.eval.metrics import medmnist_metrics
-from medformer.models.heads import logits_to_scores, task_loss
+from medformer.models.heads import logits_to_scores
+from medformer.objectives.losses import task_loss
 
 
 def evaluator_scores(flag, split, root, scores):

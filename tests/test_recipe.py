@@ -14,8 +14,8 @@ from test_finetune import max_weight_diff, run
 from medformer.config import ConfigError, FinetuneConfig, TrainConfig, load_config
 from medformer.data.domains import BINARY, MULTI_CLASS, MULTI_LABEL, ORDINAL
 from medformer.engine.trainer import resolve_epochs
-from medformer.models.heads import task_loss
 from medformer.objectives.class_balance import class_weights
+from medformer.objectives.losses import task_loss
 
 
 def test_balanced_weights_give_every_class_the_same_total_weight():

@@ -17,15 +17,9 @@ from accelerate.state import AcceleratorState, GradientState
 
 from finetune.__main__ import main as finetune_main
 from medformer.config import load_config
-from medformer.study import (
-    StudyConfig,
-    bonferroni,
-    kruskal_wallis,
-    pairwise_mann_whitney,
-    run_study,
-)
+from medformer.eval.stats import bonferroni, kruskal_wallis, min_attainable_p, pairwise_mann_whitney
+from medformer.study import StudyConfig, run_study
 from medformer.study.cells import Cell, cell_overrides, flatten, format_value
-from medformer.study.stats import min_attainable_p
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "study" / "smoke.yaml"
@@ -161,8 +155,8 @@ def test_bad_study_config_one_line_error(tmp_path, capsys):
 def test_explain_maps_cover_the_image(name, flag):
     from medformer.config import ModelConfig
     from medformer.data.domains import dataset_info
+    from medformer.eval.explain import explain_maps, group_cases
     from medformer.models.factory import create_model
-    from medformer.study.explain import explain_maps, group_cases
 
     info = dataset_info(flag)
     model = create_model(ModelConfig(name=name, overrides={"depth": 1} if name.startswith("medformer") else {}), [info]).eval()

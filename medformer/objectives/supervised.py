@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ..data.domains import dataset_info
-from ..models.heads import task_loss
+from .losses import task_loss
 
 
 class SupervisedObjective(nn.Module):

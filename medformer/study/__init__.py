@@ -4,9 +4,5 @@ mode), run resumably, summarized as results.csv and report.md with tables, plots
 from .cells import Cell, enumerate_cells
 from .config import ExplainConfig, StudyConfig, StudyDataConfig
 from .run import run_study
-from .stats import bonferroni, kruskal_wallis, pairwise_mann_whitney
 
-__all__ = [
-    "Cell", "ExplainConfig", "StudyConfig", "StudyDataConfig", "bonferroni", "enumerate_cells",
-    "kruskal_wallis", "pairwise_mann_whitney", "run_study",
-]
+__all__ = ["Cell", "ExplainConfig", "StudyConfig", "StudyDataConfig", "enumerate_cells", "run_study"]

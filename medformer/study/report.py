@@ -12,8 +12,8 @@ import numpy as np
 
 from ..data.domains import REGRESSION, SEGMENTATION, dataset_info
 from ..eval.compare import Ranking
+from ..eval.stats import kruskal_wallis, min_attainable_p, pairwise_mann_whitney
 from .evidence import Comparison, Recommendation
-from .stats import kruskal_wallis, min_attainable_p, pairwise_mann_whitney
 
 ALPHA = 0.05
 

@@ -47,7 +47,7 @@ def study_figures(cfg: StudyConfig, rows: list[dict]) -> dict[str, dict[str, Pat
 
 def explain_figures(cfg: StudyConfig, drows: list[dict], flag: str) -> dict[str, Path | None]:
     """One panel per (init, model): the cell with the most labels, first seed and mode."""
-    from .explain import explain_cell
+    from ..eval.explain import explain_cell
 
     out = Path(cfg.output_dir)
     chosen: dict[tuple[str, str], dict] = {}
