@@ -3,7 +3,7 @@
 import sys
 
 from medformer.cli import run_entry
-from medformer.objectives.ssl_config import PretrainConfig
+from medformer.config.pretrain import PretrainConfig
 from medformer.runs.pretrain import run_pretrain
 
 

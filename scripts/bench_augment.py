@@ -66,7 +66,7 @@ def model_only(case: str, steps: int, batch: int) -> float:
         objective, make = SupervisedObjective(model), DeviceAugment({"2d": None, "3d": None})
     else:
         from medformer.config import load_config
-        from medformer.objectives.ssl_config import PretrainConfig
+        from medformer.config.pretrain import PretrainConfig
 
         ssl_cfg = load_config(PretrainConfig, REPO / f"configs/pretrain/{case}_small.yaml").ssl
         objective = build_ssl_objective(case, model, ssl_cfg)

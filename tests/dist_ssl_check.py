@@ -29,6 +29,7 @@ from ssl_heads import tiny_ssl
 from torch.nn.parallel import DistributedDataParallel
 
 from medformer.config import ModelConfig
+from medformer.config.pretrain import PretextConfig, SSLConfig
 from medformer.data.batch import make_inputs
 from medformer.data.domains import dataset_info
 from medformer.models.factory import create_model
@@ -36,7 +37,6 @@ from medformer.objectives.pretext import PRETEXT_TASKS, build_pretext
 from medformer.objectives.pretrain import PretrainObjective
 from medformer.objectives.pseudolabel import PseudoLabelTerm
 from medformer.objectives.ssl import SSL_METHODS, build_ssl_objective
-from medformer.objectives.ssl_config import PretextConfig, SSLConfig
 
 GLOBAL_BATCH = 8
 STEPS = 2

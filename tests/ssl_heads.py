@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from medformer.objectives.ssl_config import SSLConfig
+from medformer.config.pretrain import SSLConfig
 
 HEAD_SIZES = {"proj_hidden_dim", "proj_output_dim", "pred_hidden_dim", "queue_size"}
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from medformer.config import AugmentConfig, ConfigError, DataConfig, load_config
+from medformer.config.pretrain import PretrainConfig, view_list
 from medformer.data.bank import DeviceAugment, ImageBank, use_bank
 from medformer.data.batch import collate
 from medformer.data.loaders import train_dataset
@@ -23,7 +24,6 @@ from medformer.data.transforms.batched import (
     geometry_2d,
 )
 from medformer.data.transforms.sample_random import SampleRandom, sample_seeds
-from medformer.objectives.ssl_config import PretrainConfig, view_list
 
 OFF_2D = ViewConfig(crop_scale_min=1.0, crop_ratio_min=1.0, crop_ratio_max=1.0, hflip=0.0, rotate_degrees=0.0,
                     brightness=0.0, contrast=0.0, blur_p=0.0)

@@ -381,7 +381,8 @@ def _write_patients(src: Path) -> dict[str, str]:
 
 
 def test_no_patient_identifier_written_anywhere(tmp_path):
-    from medformer.runs.pseudolabel import PseudoLabelConfig, PseudoLabelDataConfig, run_pseudolabel
+    from medformer.config.pseudolabel import PseudoLabelConfig, PseudoLabelDataConfig
+    from medformer.runs.pseudolabel import run_pseudolabel
 
     src = tmp_path / "dicoms"
     ids = _write_patients(src)

@@ -14,6 +14,7 @@ import torch
 from accelerate.state import AcceleratorState, GradientState
 
 from medformer.config import DataConfig, ModelConfig
+from medformer.config.pretrain import JigsawConfig, PretextConfig
 from medformer.data.batch import make_inputs
 from medformer.data.domains import dataset_info
 from medformer.data.loaders import train_dataset, train_loader
@@ -24,13 +25,15 @@ from medformer.objectives.pretext.base import with_groups
 from medformer.objectives.pretext.rotation import rotation_classes
 from medformer.objectives.pretext.tiles import merge_tiles, patch_pixels, split_tiles
 from medformer.objectives.pretrain import PretrainObjective
-from medformer.objectives.ssl_config import JigsawConfig, PretextConfig
 from pretrain.__main__ import main as pretrain_main
 
 REPO = Path(__file__).resolve().parents[1]
 ROOT = REPO.parent / "shared" / "data" / "medmnist"
 MIXED = ["pneumoniamnist", "adrenalmnist3d"]
-TINY = {"depth": 1, "hidden_dim": 32, "heads": 2, "latent_dim": 16, "num_latent_tokens": 4}
+# the two stride-2 stem convs of medformer_small_stem2: these tests are about the pretext objectives, and
+# within the 160 steps below rotation's loss falls to 0.66-0.81 of its start with that stem, 0.83-0.90
+# with the default's three-conv stem (seeds 0-2, 2026-12-06)
+TINY = {"depth": 1, "hidden_dim": 32, "heads": 2, "latent_dim": 16, "num_latent_tokens": 4, "stem_layers": 2}
 TINY_ARGS = [f"model.overrides.{k}={v}" for k, v in TINY.items()]
 TASKS = sorted(PRETEXT_TASKS)
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from medformer.cli import main
+from medformer.config.pseudolabel import PseudoLabelConfig, PseudoLabelDataConfig
 from medformer.pseudolabels.clustering import (
     choose_k_elbow,
     cluster_entropy,
@@ -19,7 +20,7 @@ from medformer.pseudolabels.clustering import (
     intra_cluster_cosine_distance,
 )
 from medformer.pseudolabels.features import encoder_embeddings, fuse, pca, standardize
-from medformer.runs.pseudolabel import PseudoLabelConfig, PseudoLabelDataConfig, medmnist_pool
+from medformer.runs.pseudolabel import medmnist_pool
 
 POOL = ["pneumoniamnist", "breastmnist", "retinamnist", "adrenalmnist3d"]
 KS = [2, 3, 4, 5, 6, 8, 10, 12, 16]

@@ -18,6 +18,7 @@ from medmnist.evaluator import getACC, getAUC
 from ssl_heads import tiny_ssl
 
 from medformer.config import ConfigError, DataConfig, ModelConfig, TrainConfig, load_config
+from medformer.config.pretrain import PretrainConfig
 from medformer.data.batch import make_inputs
 from medformer.data.domains import BINARY, MULTI_CLASS, MULTI_LABEL, dataset_info
 from medformer.data.loaders import train_dataset, train_loader
@@ -42,7 +43,6 @@ from medformer.objectives.ssl import (
     MomentumObjective,
     build_ssl_objective,
 )
-from medformer.objectives.ssl_config import PretrainConfig
 from medformer.runs.pretrain import check_objectives, predictor_lr_scale
 
 REPO = Path(__file__).resolve().parents[1]

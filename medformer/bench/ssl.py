@@ -34,12 +34,13 @@ from accelerate.state import AcceleratorState, GradientState
 from threadpoolctl import threadpool_limits
 
 from ..config import FinetuneConfig, load_config
+from ..config.pretrain import PretrainConfig
+from ..config.pseudolabel import PseudoLabelConfig
 from ..eval.probe import C_GRID, run_probe, summarize_test
 from ..objectives.ssl import SSL_METHODS
-from ..objectives.ssl_config import PretrainConfig
 from ..runs.finetune import run_finetune
 from ..runs.pretrain import run_pretrain
-from ..runs.pseudolabel import PseudoLabelConfig, run_pseudolabel
+from ..runs.pseudolabel import run_pseudolabel
 from ..study.baselines import read_baselines
 
 REPO = Path(__file__).resolve().parents[2]

@@ -10,13 +10,13 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
 from ..config import DataConfig
+from ..config.pretrain import MonitorConfig, PretrainConfig
 from ..data.batch import collate
 from ..data.domains import MULTI_LABEL, dataset_info
 from ..data.loaders import SeededTransform, medmnist_split
 from ..data.transforms import eval_transform
 from ..objectives.pretrain import PretrainObjective
 from ..objectives.ssl import CollapseDetector
-from ..objectives.ssl_config import MonitorConfig, PretrainConfig
 from .probe import extract_features, knn_eval
 
 

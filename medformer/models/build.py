@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..config import ConfigError, ModelConfig, _build
+from ..config import ConfigError, ModelConfig
+from ..config.loader import _build
 from ..data.domains import DatasetInfo, dataset_flags, dataset_info
 from .dense_heads import HEAD_KINDS
 from .factory import create_model, is_medformer

@@ -15,11 +15,11 @@ import torch
 from torch import Tensor, nn
 
 from ..config import ConfigError
+from ..config.pretrain import PretrainConfig
 from .pretext import PretextTerm, pretext_loss_names, row_seeds
 from .pseudolabel import LOSS, TASK, PseudoLabelTerm, as_task
 from .ssl import SSL_METHODS, SSLObjective
 from .ssl.dist import sync_batchnorm
-from .ssl_config import PretrainConfig
 
 
 def loss_names(cfg: PretrainConfig) -> list[str]:

@@ -8,10 +8,10 @@ from datetime import datetime, timezone
 import torch
 
 from ..config import to_dict
+from ..config.pretrain import PretrainConfig
 from ..data.domains import dataset_info
 from ..engine.trainer import Trainer
 from ..eval.pretrain_monitor import PretrainMonitor
-from ..objectives.ssl_config import PretrainConfig
 
 ENCODER_FILE = "encoder.safetensors"
 

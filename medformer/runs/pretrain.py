@@ -18,13 +18,14 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from ..config import ConfigError, TrainConfig, save_config, to_dict
+from ..config.pretrain import PretrainConfig, check_pretext, check_ssl, view_list
+from ..config.views import check_view
 from ..data.bank import DeviceAugment
 from ..data.domains import dataset_info
 from ..data.loaders import train_batches, train_dataset
 from ..data.samplers import DatasetBalancedSampler
 from ..data.transforms import MultiViewTransform, ViewConfig
 from ..data.transforms.batched import batch_view_transform
-from ..data.transforms.views import check_view
 from ..engine.trainer import Trainer, check_train_config, make_accelerator, resolve_epochs
 from ..eval.pretrain_monitor import KnnProbe, PretrainMonitor
 from ..io import write_json
@@ -35,7 +36,6 @@ from ..objectives.pretext import build_pretext, check_pretext_data
 from ..objectives.pretrain import PretrainObjective, check_loss_weights
 from ..objectives.pseudolabel import PseudoLabelTerm
 from ..objectives.ssl import build_ssl_objective
-from ..objectives.ssl_config import PretrainConfig, check_pretext, check_ssl, view_list
 from ..pseudolabels.targets import (
     BalancedSampler,
     PseudoLabeled,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,8 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from ..cli import run_entry
 from ..config import ConfigError, save_config
-from ..data.dicom import DicomConfig, DicomDataset, check_dicom_dir, ingest_dicom
+from ..config.pseudolabel import PseudoLabelConfig, PseudoLabelDataConfig
+from ..data.dicom import DicomDataset, check_dicom_dir, ingest_dicom
 from ..data.medmnist import MedMNISTDataset
 from ..pseudolabels.clustering import (
     choose_k_elbow,
@@ -33,38 +34,6 @@ from ..pseudolabels.features import encoder_embeddings, fuse, pca, pixel_feature
 from ..pseudolabels.report import ClusteringResult, write_report
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class PseudoLabelDataConfig:
-    datasets: list[str] = field(default_factory=list)  # MedMNIST flags to pool
-    root: str | None = None
-    size: int = 28
-    split: str = "train"
-    max_samples_per_dataset: int | None = None  # random subset per dataset (seeded)
-    verify_md5: bool = True
-    dicom_dir: str | None = None  # instead of datasets: a DICOM folder tree
-    dicom_cache_dir: str | None = None  # default <output_dir>/dicom_cache
-    dicom: DicomConfig = field(default_factory=DicomConfig)
-
-
-@dataclass
-class PseudoLabelConfig:
-    data: PseudoLabelDataConfig = field(default_factory=PseudoLabelDataConfig)
-    encoder: str = "scratch"  # checkpoint (.safetensors or run folder), scratch (random init), pixels
-    model_name: str = "medformer_small"
-    model_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {depth: 1}
-    batch_size: int = 256
-    use_tags: bool = True  # DICOM only: fuse header-tag features with the embeddings
-    tag_weight: float = 1.0
-    pca_components: int | None = None
-    ks: list[int] = field(default_factory=lambda: [2, 3, 4, 5, 6, 8, 10, 12, 16])
-    k: int | None = None  # force k instead of the elbow
-    entropy_threshold: float = 0.9
-    entropy_attribute: str | None = None  # default: dataset (MedMNIST) or modality (DICOM)
-    tsne_points: int = 2000
-    seed: int = 0
-    output_dir: str = "runs/pseudolabel"
 
 
 @dataclass

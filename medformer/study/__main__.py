@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from ..cli import run_entry
-from .config import StudyConfig
+from ..config.study import StudyConfig
 from .run import run_study
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError
-from .config import StudyConfig
+from ..config.study import StudyConfig
 
 SPECIAL_INITS = ("scratch", "imagenet")
 

@@ -6,11 +6,12 @@ import logging
 from collections import defaultdict
 from pathlib import Path
 
+from ..config.study import StudyConfig
 from ..data.domains import dataset_info
 from .baselines import read_baselines
 from .cells import enumerate_cells
-from .config import StudyConfig, resolve_baselines
 from .evidence import paired_comparisons, ranking, recommendations
+from .paths import resolve_baselines
 from .plots import convergence_plot, critical_difference_plot, label_efficiency_plot, series_key
 from .report import Evidence, primary_metrics, write_report
 from .results import collect_rows, val_history, write_csv

@@ -25,13 +25,13 @@ import torch
 from accelerate.state import AcceleratorState, GradientState
 
 from ..config import ConfigError, FinetuneConfig, load_config
+from ..config.study import StudyConfig
 from ..errors import UserError
 from ..eval.probe import run_probe
 from ..lifeline import child_env, die_with_parent
 from ..models.weights import find_weights
 from ..runs.finetune import check_init, run_finetune
 from .cells import SPECIAL_INITS, Cell, cell_overrides, resolve_init
-from .config import StudyConfig
 
 STATUS_FILE = "status.json"
 LOG_FILE = "study.log"

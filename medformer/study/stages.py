@@ -28,11 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, load_config
+from ..config.pretrain import PretrainConfig
+from ..config.pseudolabel import PseudoLabelConfig
+from ..config.study import StageConfig, StudyConfig
 from ..lifeline import child_env
-from ..objectives.ssl_config import PretrainConfig
-from ..runs.pseudolabel import PseudoLabelConfig
 from .cells import flatten, format_value
-from .config import REPO_ROOT, StageConfig, StudyConfig
+from .paths import REPO_ROOT
 
 KINDS = ("pseudolabels", "pretrain")
 COMMANDS = {"pseudolabels": ["-m", "medformer", "pseudolabel"], "pretrain": ["-m", "pretrain"]}

@@ -18,7 +18,7 @@ Nothing identifying is written: the rules are all in privacy.py (read it alone t
     dataset.py   reading a cache: DicomIndex, SampleRecord, DicomDataset
 """
 
-from .config import DEFAULT_BODY_PART_RULES, DEFAULT_TAGS, DicomConfig
+from ...config.dicom import DEFAULT_BODY_PART_RULES, DEFAULT_TAGS, DicomConfig
 from .dataset import DicomDataset, DicomIndex, SampleRecord
 from .features import tag_features
 from .headers import MODALITY_MAP, impute_body_part, map_modality

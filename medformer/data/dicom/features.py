@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import DicomConfig
+from ...config.dicom import DicomConfig
 from .privacy import usable_tags
 
 

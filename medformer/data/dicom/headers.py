@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import DicomConfig
+from ...config.dicom import DicomConfig
 from .privacy import NUMERIC_VRS, _identifier_forms, _mentions, _safe_text, usable_tags
 
 MODALITY_MAP = {

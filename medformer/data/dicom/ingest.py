@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from ...config.dicom import DicomConfig
 from ..medmnist import DataError
-from .config import DicomConfig
 from .dataset import DicomIndex, SampleRecord
 from .features import tag_features
 from .headers import _read_headers

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import DicomConfig
+from ...config.dicom import DicomConfig
 from .headers import _Header, _one_line, _Skip
 from .pixels import _gray, _to_uint8, decode_values, resize_pad, to_unit
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from torch import nn
 
 from ...config import ConfigError
+from ...config.pretrain import PretextConfig
 from ...data.transforms.views import ViewConfig
-from ..ssl_config import PretextConfig
 from .base import PretextTerm, row_seeds
 from .jigsaw import JigsawPuzzle, permutation_set
 from .masked import ContextRestoration, MaskedModelling

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..ssl_config import JigsawConfig
+from ...config.pretrain import JigsawConfig
 from .base import TransformPrediction, classifier
 from .tiles import gather_rows, merge_tiles, split_tiles
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ...config.pretrain import InpaintingConfig, MAEConfig
 from ...data.batch import Inputs
 from ...data.transforms.sample_random import SampleRandom
 from ...models.attention import Block
-from ..ssl_config import InpaintingConfig, MAEConfig
 from .base import PretextTerm, full_precision, require_cube, require_medformer, with_groups
 from .tiles import merge_tiles, patch_pixels, split_tiles, token_mask_to_pixels
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..ssl_config import RotationConfig
+from ...config.pretrain import RotationConfig
 from .base import TransformPrediction, classifier
 
 # the plane each rotation axis turns, as tensor dims of [b, C, (D,) H, W]; images turn about z only

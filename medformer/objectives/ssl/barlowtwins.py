@@ -6,8 +6,8 @@ from lightly.loss import BarlowTwinsLoss
 from lightly.models.modules import BarlowTwinsProjectionHead
 from torch import Tensor, nn
 
+from ...config.pretrain import SSLConfig
 from ...data.batch import Inputs
-from ..ssl_config import SSLConfig
 from .base import SSLObjective, fp32, register
 from .dist import gather_with_grad
 

@@ -12,8 +12,8 @@ from lightly.utils.scheduler import cosine_schedule
 from torch import Tensor, nn
 
 from ...config import ConfigError
+from ...config.pretrain import SSLConfig
 from ...data.batch import Inputs
-from ..ssl_config import SSLConfig
 from .dist import sync_batchnorm
 
 SSL_METHODS: dict[str, type[SSLObjective]] = {}

@@ -7,8 +7,8 @@ from lightly.loss import NegativeCosineSimilarity
 from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
 from torch import Tensor, nn
 
+from ...config.pretrain import SSLConfig
 from ...data.batch import Inputs
-from ..ssl_config import SSLConfig
 from .base import MomentumObjective, fp32, register
 
 

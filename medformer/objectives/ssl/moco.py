@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from lightly.models.modules import MoCoProjectionHead
 from torch import Tensor, nn
 
+from ...config.pretrain import SSLConfig
 from ...data.batch import Inputs
-from ..ssl_config import SSLConfig
 from .base import MomentumObjective, fp32, register
 from .dist import gather_no_grad, rank
 

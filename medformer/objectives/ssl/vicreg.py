@@ -7,8 +7,8 @@ from lightly.loss.vicreg_loss import covariance_loss, invariance_loss, variance_
 from lightly.models.modules.heads import VICRegProjectionHead
 from torch import Tensor, nn
 
+from ...config.pretrain import SSLConfig
 from ...data.batch import Inputs
-from ..ssl_config import SSLConfig
 from .base import SSLObjective, fp32, register
 from .dist import gather_with_grad
 

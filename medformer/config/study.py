@@ -1,16 +1,17 @@
-"""StudyConfig: the grid of fine-tuning cells (init x model x dataset x fraction x seed x mode)."""
+"""Schema of a transfer study (`medformer study`): the grid of fine-tuning cells (init x model x
+dataset x fraction x seed x mode) and the pretraining stages made before it."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from ..config import ranged
+from .loader import ranged
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_BASELINES = "../shared/reference/published_baselines.csv"  # relative to the repository
-ISOLATIONS = ("subprocess", "workers", "inprocess")
+# a cell's fine-tuning mode (medformer.runs.modes), or knn: a kNN classifier on the frozen encoder
+StudyMode = Literal["full", "linear_probe", "head_only", "knn"]
+Isolation = Literal["subprocess", "workers", "inprocess"]
 
 
 @dataclass
@@ -41,7 +42,7 @@ class StudyConfig:
     models: list[str] = field(default_factory=lambda: ["medformer_small"])
     label_fractions: list[float] = field(default_factory=lambda: [1.0])
     seeds: list[int] = field(default_factory=lambda: [0])
-    modes: list[str] = field(default_factory=lambda: ["full"])  # full | linear_probe | head_only | knn
+    modes: list[StudyMode] = field(default_factory=lambda: ["full"])
     finetune: dict[str, Any] = field(default_factory=dict)  # finetune overrides for every cell (dotted or nested keys)
     # model name -> finetune overrides for that model's cells, after `finetune` (e.g. a slower CNN's LR schedule)
     model_finetune: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -50,7 +51,7 @@ class StudyConfig:
     published_baselines: str | None = DEFAULT_BASELINES  # CSV of published results; null: none
     # subprocess: a `python -m finetune` process per cell; workers: `jobs` long-lived processes that
     # each run cells one after another (no per-cell import cost); inprocess: this process (tests)
-    isolation: str = "subprocess"
+    isolation: Isolation = "subprocess"
     jobs: int = ranged(1, ge=1)  # cells run at once (subprocess and workers isolation)
     threads: int | None = ranged(None, ge=1)  # torch/OMP threads per cell; null: inherit
     retry_failed: bool = True  # rerun failed cells on the next invocation
@@ -58,13 +59,3 @@ class StudyConfig:
     explain: ExplainConfig = field(default_factory=ExplainConfig)
     pseudolabels: dict[str, StageConfig] = field(default_factory=dict)  # name -> `medformer pseudolabel` run
     pretrain: dict[str, StageConfig] = field(default_factory=dict)  # name -> `pretrain` run; inits "pretrain:<name>"
-
-
-def resolve_baselines(path: str | None) -> Path | None:
-    """The baselines CSV: as given (relative to the working directory), else relative to the repo."""
-    if not path:
-        return None
-    p = Path(path)
-    if p.is_file() or p.is_absolute():
-        return p
-    return REPO_ROOT / p

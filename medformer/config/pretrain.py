@@ -1,4 +1,5 @@
-"""Configuration of a self-supervised pretraining run (`accelerate launch -m pretrain`)."""
+"""Schema of a pretraining run (`accelerate launch -m pretrain`): each SSL method's settings
+(`ssl.<method>.<knob>`), pseudo-label classification, the pretext tasks and their weights."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..config import ConfigError, DataConfig, ModelConfig, TrainConfig, ranged
-from ..data.transforms import ViewConfig
+from .finetune import DataConfig, ModelConfig, TrainConfig
+from .loader import ConfigError, ranged
+from .views import ViewConfig
 
 # A knob left at None takes the method's small- or large-model default (small: embed_dim <= 256 for
 # Medformer, e.g. a 3 x 1024 VICReg expander; large: 3 x 8192); the method's file holds that pair.
