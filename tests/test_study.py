@@ -215,21 +215,27 @@ def test_a_mistyped_stage_stops_the_study_before_anything_runs(tmp_path, capsys)
     assert "names no stage" in capsys.readouterr().err and not out.exists()
 
 
-def test_knn_cells_score_the_frozen_encoder_with_the_cells_labeled_images(shared_root, tmp_path):
+@pytest.mark.parametrize("mode,method", [("knn", "knn"), ("logreg", "linear")])
+def test_frozen_cells_score_the_encoder_with_the_cells_labeled_images(shared_root, tmp_path, mode, method):
+    """knn and logreg cells equal eval.probe's classifiers on the same images, and save their per-image
+    predictions, so that the study's paired statistics compare them."""
+    from medformer.config import ModelConfig
+    from medformer.eval.metrics import medmnist_metrics
+    from medformer.eval.predictions import read_predictions
     from medformer.eval.probe import run_probe
 
     out = tmp_path / "study"
-    overrides = [f"data.root={shared_root}", f"output_dir={out}", "modes=[knn]", "label_fractions=[0.5]",
+    overrides = [f"data.root={shared_root}", f"output_dir={out}", f"modes=[{mode}]", "label_fractions=[0.5]",
                  "seeds=[3]", "explain.enabled=false"]
     rows = run_study(load_config(StudyConfig, SMOKE, overrides))
-    assert [(r["mode"], r["status"]) for r in rows] == [("knn", "done")]
+    assert [(r["mode"], r["status"]) for r in rows] == [(mode, "done")]
     # the smoke finetune overrides apply: depth-1 model, 64 train images after the 50% fraction
-    from medformer.config import ModelConfig
-
     direct = run_probe("scratch", ["breastmnist"], root=str(shared_root), model_cfg=ModelConfig(overrides={"depth": 1}),
-                       methods=("knn",), max_train=64, label_fraction=0.5, seed=3)["breastmnist"]["knn"]
+                       methods=(method,), max_train=64, label_fraction=0.5, seed=3)["breastmnist"][method]
     assert rows[0]["test_auc"] == pytest.approx(direct["test"]["auc"]) and rows[0]["val_acc"] == pytest.approx(direct["val"]["acc"])
-    assert "knn" in (out / "report.md").read_text()
+    labels, scores = read_predictions(out / "cells" / rows[0]["cell_id"], "breastmnist", "test")
+    assert medmnist_metrics(labels, scores, "binary-class")["auc"] == pytest.approx(direct["test"]["auc"])
+    assert mode in (out / "report.md").read_text()
 
 
 @pytest.mark.parametrize("name,cells", [("full.yaml", 3780), ("full_imagenet_cnn.yaml", 1080)])

@@ -9,8 +9,10 @@ from typing import Any, Literal
 from .loader import ranged
 
 DEFAULT_BASELINES = "../shared/reference/published_baselines.csv"  # relative to the repository
-# a cell's fine-tuning mode (medformer.runs.modes), or knn: a kNN classifier on the frozen encoder
-StudyMode = Literal["full", "linear_probe", "head_only", "knn"]
+# a cell's fine-tuning mode (medformer.runs.modes), or a classifier on the frozen encoder's features:
+# knn (cosine, k=20), logreg (logistic regression, its L2 strength chosen on val: the SSL benchmark's probe)
+StudyMode = Literal["full", "linear_probe", "head_only", "knn", "logreg"]
+FROZEN_MODES = ("knn", "logreg")
 Isolation = Literal["subprocess", "workers", "inprocess"]
 
 

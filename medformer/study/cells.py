@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError
-from ..config.study import StudyConfig
+from ..config.study import FROZEN_MODES, StudyConfig
 
 SPECIAL_INITS = ("scratch", "imagenet")
 
@@ -96,7 +96,7 @@ def cell_overrides(cfg: StudyConfig, cell: Cell, cell_dir: Path, resume: bool) -
         "data.label_fraction": cell.fraction,
         "model.name": cell.model,
         "init": resolve_init(cell.init),
-        "finetune_mode": "full" if cell.mode == "knn" else cell.mode,  # knn cells only read data/model/init
+        "finetune_mode": "full" if cell.mode in FROZEN_MODES else cell.mode,  # frozen cells only read data/model/init
         "seed": cell.seed,
         "output_dir": str(cell_dir),
         "train.progress": False,

@@ -41,7 +41,7 @@ class Recommendation:
 def _done_by_setting(rows: list[dict]) -> dict[Setting, dict[str, dict[int, dict]]]:
     out: dict[Setting, dict[str, dict[int, dict]]] = defaultdict(lambda: defaultdict(dict))
     for r in rows:
-        if r["status"] == "done" and r["mode"] != "knn" and not dataset_info(r["dataset"]).is_dense:  # AUC-based
+        if r["status"] == "done" and not dataset_info(r["dataset"]).is_dense:  # AUC-based
             out[(r["dataset"], r["model"], r["mode"], float(r["fraction"]))][r["init"]][int(r["seed"])] = r
     return out
 

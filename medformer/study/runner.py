@@ -25,9 +25,11 @@ import torch
 from accelerate.state import AcceleratorState, GradientState
 
 from ..config import ConfigError, FinetuneConfig, load_config
-from ..config.study import StudyConfig
+from ..config.study import FROZEN_MODES, StudyConfig
 from ..errors import UserError
+from ..eval.predictions import write_predictions
 from ..eval.probe import run_probe
+from ..io import write_json
 from ..lifeline import child_env, die_with_parent
 from ..models.weights import find_weights
 from ..runs.finetune import check_init, run_finetune
@@ -36,6 +38,8 @@ from .cells import SPECIAL_INITS, Cell, cell_overrides, resolve_init
 STATUS_FILE = "status.json"
 LOG_FILE = "study.log"
 ERROR_PREFIX = "finetune: error:"
+# the eval.probe method of each frozen-encoder study mode
+PROBE_METHODS = {"knn": "knn", "logreg": "linear"}
 
 
 @dataclass
@@ -156,24 +160,30 @@ def run_in_worker(cfg: StudyConfig, overrides: list[str], directory: Path) -> st
             root.removeHandler(handler)
 
 
-def run_knn(cfg: StudyConfig, overrides: list[str], directory: Path) -> str | None:
-    """A `knn` cell, in this process: kNN of the frozen encoder, the cell's labeled train images as
-    the bank, scored on val and test; metrics.json like a fine-tune's (no training, no history)."""
+def run_frozen(cfg: StudyConfig, overrides: list[str], directory: Path, method: str) -> str | None:
+    """A frozen-encoder cell (`knn` or `logreg`), in this process: the classifier fitted on the
+    cell's labeled train images (logreg: its L2 strength chosen on val), scored on val and test;
+    metrics.json and predictions/ like a fine-tune's (no training, no history)."""
     try:
         fcfg = load_config(FinetuneConfig, cfg.base_config, overrides)
         if fcfg.init == "imagenet":
-            raise ConfigError("knn cells need init=scratch or a checkpoint, not imagenet")
+            raise ConfigError(f"{method} cells need init=scratch or a checkpoint, not imagenet")
         flag, t0 = fcfg.data.datasets[0], time.perf_counter()
         result = run_probe(
             fcfg.init, [flag], root=fcfg.data.root, model_cfg=fcfg.model if fcfg.init == "scratch" else None,
-            size=fcfg.data.size, methods=("knn",), max_train=fcfg.data.max_train_samples,
-            label_fraction=fcfg.data.label_fraction, seed=fcfg.seed,
+            size=fcfg.data.size, methods=(PROBE_METHODS[method],), max_train=fcfg.data.max_train_samples,
+            label_fraction=fcfg.data.label_fraction, seed=fcfg.seed, keep_scores=True,
         )
     except UserError as e:
         return f"{ERROR_PREFIX} {e}"
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "train_stats.json").write_text(json.dumps({"train_seconds": round(time.perf_counter() - t0, 2)}))
-    (directory / "metrics.json").write_text(json.dumps({flag: result[flag]["knn"]}, indent=1))
+    for split, scores in result["_scores"][flag].items():
+        write_predictions(directory, flag, split, scores[PROBE_METHODS[method]], scores["labels"])
+    stats = {"train_seconds": round(time.perf_counter() - t0, 2)}
+    if method == "logreg":
+        stats["C"] = result["_linear_C"][flag]
+    write_json(directory / "train_stats.json", stats)
+    write_json(directory / "metrics.json", {flag: result[flag][PROBE_METHODS[method]]})
     return None
 
 
@@ -195,7 +205,10 @@ def run_cell(
     error = precheck(cfg, cell, overrides)
     if error is None:
         log(f"{'resume' if resume else 'run'} {cell.id}")
-        error = (run_knn if cell.mode == "knn" else train)(cfg, overrides, directory)
+        if cell.mode in FROZEN_MODES:
+            error = run_frozen(cfg, overrides, directory, cell.mode)
+        else:
+            error = train(cfg, overrides, directory)
         if error is None and not has_metrics(directory):
             error = "finished without metrics.json"
     seconds = time.perf_counter() - t0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typing
 
 from ..config import ConfigError
-from ..config.study import Isolation, StudyConfig
+from ..config.study import FROZEN_MODES, Isolation, StudyConfig
 from ..data.domains import dataset_info
 from ..errors import UserError
 from ..runs.modes import MODES as FINETUNE_MODES
@@ -14,7 +14,7 @@ from .stages import check_stage, resolve_reference
 
 def validate(cfg: StudyConfig) -> StudyConfig:
     """Reject an empty or malformed grid with a one-line ConfigError."""
-    MODES = (*FINETUNE_MODES, "knn")
+    MODES = (*FINETUNE_MODES, *FROZEN_MODES)
 
     for key in ("inits", "models", "label_fractions", "seeds", "modes"):
         if not getattr(cfg, key):
@@ -30,8 +30,9 @@ def validate(cfg: StudyConfig) -> StudyConfig:
     if bad:
         raise ConfigError(f"study config key 'modes': {bad[0]!r} is not one of {', '.join(MODES)}")
     dense = [f for f in cfg.data.datasets if dataset_info(f).is_dense]
-    if dense and "knn" in cfg.modes:
-        raise ConfigError(f"study mode 'knn' classifies; {dense[0]} is a {dataset_info(dense[0]).task} task: "
+    frozen = [m for m in cfg.modes if m in FROZEN_MODES]
+    if dense and frozen:
+        raise ConfigError(f"study mode {frozen[0]!r} classifies; {dense[0]} is a {dataset_info(dense[0]).task} task: "
                           "use full, linear_probe or head_only for it")
     bad_f = [f for f in cfg.label_fractions if not 0.0 < f <= 1.0]
     if bad_f:
