@@ -44,7 +44,7 @@ class MedformerConfig:
     # patch: one conv with kernel = stride = patch_size (the thesis); conv: a stack of 3x3
     # stride-2 convs down to the same patch grid (early convolutions help small ViTs)
     stem: Literal["patch", "conv"] = "patch"
-    stem_width: int = ranged(32, ge=1)  # channels of the conv stem's first layer, doubled at each stride-2 layer
+    stem_width: int = ranged(32, ge=1)  # channels of the conv stem's first stride-2 layer, doubled at each next one; stride-1 layers get half
     stem_layers: int = ranged(0, ge=0)  # 3x3 convs in the conv stem: log2(patch_size) stride-2 ones after stride-1 ones (0: none)
     stem_norm: Literal["batch", "group", "layer", "none"] = "group"  # the conv stem's normalisation
     stem_3d: Literal["patch", "conv"] | None = None  # the stem for volumes (None: as `stem`)
@@ -58,8 +58,7 @@ _CONV_STEM = dict(stem="conv", stem_norm="batch")
 # its speed (docs/benchmarks.md, "Which backbone")
 _DEFAULT_STEMS = dict(**_CONV_STEM, stem_3d="patch")
 SIZES: dict[str, MedformerConfig] = {
-    # a stride-1 conv before the two stride-2 ones: +0.031 test AUC on BreastMNIST, +0.007 on
-    # PneumoniaMNIST, +0.003 on RetinaMNIST over 3 seeds (docs/benchmarks.md, "Which backbone")
+    # a 16-channel stride-1 conv before the two stride-2 ones (docs/benchmarks.md, "Which backbone")
     "medformer_small": MedformerConfig(**_DEFAULT_STEMS, stem_layers=3),
     "medformer_large": MedformerConfig(**_LARGE, **_DEFAULT_STEMS),
     # the default small size until the stride-1 stem layer (two stride-2 convs)
@@ -97,12 +96,15 @@ class ConvStem(nn.Module):
         n_down = int(math.log2(patch_size))
         if 2**n_down != patch_size:
             raise ValueError(f"stem=conv needs a power-of-two patch_size, got {patch_size}")
-        strides = [1] * max(0, n_layers - n_down) + [2] * n_down
+        n_flat = max(0, n_layers - n_down)
+        # channels double at each stride-2 conv, from `width` at the first; the stride-1 convs before
+        # it run at full resolution, where each channel costs the most, so they get half of `width`
+        widths = [max(1, width // 2)] * n_flat + [min(width * 2**i, dim) for i in range(n_down)]
+        strides = [1] * n_flat + [2] * n_down
         conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
         layers: list[nn.Module] = []
         channels = in_chans
-        for i, stride in enumerate(strides):
-            out = min(width * 2 ** max(0, i - len(strides) + n_down), dim)
+        for out, stride in zip(widths, strides):
             layers += [conv(channels, out, 3, stride, 1, bias=False), _norm(norm, out, spatial_dims), nn.GELU()]
             channels = out
         self.layers = nn.Sequential(*layers)
