@@ -37,7 +37,7 @@ def run_entry(schema: type, run: Callable, argv: list[str] | None, prog: str) ->
 def main(argv: list[str] | None = None) -> int:
     """`medformer <command> ...` dispatcher."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"finetune": "finetune.__main__", "pretrain": "pretrain.__main__", "probe": "medformer.eval.probe_cli", "pseudolabel": "medformer.runs.pseudolabel", "study": "medformer.study.__main__"}
+    commands = {"finetune": "finetune.__main__", "pretrain": "pretrain.__main__", "probe": "medformer.eval.probe_cli", "pseudolabel": "medformer.runs.pseudolabel", "shards": "medformer.runs.shards", "study": "medformer.study.__main__"}
     if not argv or argv[0] not in commands:
         print(f"usage: medformer {{{','.join(commands)}}} --config FILE [key=value ...]", file=sys.stderr)
         return 2

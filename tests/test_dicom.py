@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+import torch
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import get_decoder
 from pydicom.uid import (
@@ -468,6 +469,35 @@ def test_no_identifier_in_any_output_or_console(hostile_run):
     with open(out / "dicom_cache" / "skipped.csv", newline="") as fh:
         notes = [row for row in csv.DictReader(fh) if row["path"].endswith(".txt")]
     assert len(notes) == 2 and all(r["reason"].startswith("not_dicom") for r in notes)
+
+
+def test_shards_of_a_dicom_cache_carry_each_samples_domain_and_no_identifier(hostile_run, ingested, tmp_path):
+    """`medformer shards source=dicom_cache`: every cached sample, with its own modality and body part
+    from the tags, and none of the patient's identifiers in the shard files."""
+    from medformer.cli import main as medformer_main
+    from medformer.data.shards import ShardDataset, read_manifest
+
+    _, out, proc = hostile_run
+    assert proc.returncode == 0, proc.stderr
+    hostile = tmp_path / "hostile_shards"
+    assert medformer_main(["shards", "source=dicom_cache", f"dicom_cache={out / 'dicom_cache'}", f"output_dir={hostile}"]) == 0
+    for p in hostile.rglob("*"):
+        if p.is_file():
+            for needle in NEEDLES:
+                assert needle.lower().encode() not in p.read_bytes().lower(), f"{needle!r} found in {p.name}"
+    _, cache, index, _ = ingested
+    shards = tmp_path / "shards"
+    assert medformer_main(["shards", "source=dicom_cache", f"dicom_cache={cache}", f"output_dir={shards}"]) == 0
+    manifest = read_manifest(shards)
+    assert sum(part["samples"] for part in manifest["dims"].values()) == len(index.records)
+    for dim in manifest["dims"]:
+        sharded, cached = ShardDataset(shards, dim), DicomDataset(cache, dim)
+        assert len(sharded) == len(cached)
+        for i in range(len(cached)):
+            a, b = sharded[i], cached[i]
+            assert torch.equal(a["image"], b["image"]) and "label" not in a
+            assert (a["modality"], a["body_part"]) == (b["modality"], b["body_part"])
+
 
 
 def test_pydicom_noise_stays_out_of_console(hostile_run):

@@ -1,5 +1,5 @@
 """Run configuration: the schema of every run kind in one package (fine-tune, pretrain, pseudo-label,
-study, and the DICOM and view sections they share), and the loader that fills them from YAML plus
+study, shard writing, and the DICOM and view sections they share), and the loader that fills them from YAML plus
 dotted `key=value` overrides. An unknown key or a bad value stops with a one-line ConfigError."""
 
 from .finetune import (
@@ -23,10 +23,11 @@ from .loader import (
 )
 from .pretrain import PretrainConfig
 from .pseudolabel import PseudoLabelConfig
+from .shards import ShardsConfig
 from .study import StudyConfig
 
 __all__ = [
     "PROBABILITY", "AugmentConfig", "ConfigError", "DataConfig", "FinetuneConfig", "ModelConfig", "Monitor",
-    "PretrainConfig", "PseudoLabelConfig", "Range", "StudyConfig", "TrainConfig", "finetune_recipe", "load_config",
+    "PretrainConfig", "PseudoLabelConfig", "Range", "ShardsConfig", "StudyConfig", "TrainConfig", "finetune_recipe", "load_config",
     "parse_override", "ranged", "save_config", "to_dict",
 ]

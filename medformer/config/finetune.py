@@ -26,6 +26,9 @@ class DataConfig:
     batch_by_dataset: bool = False  # each (global) batch from one training dataset, instead of mixed batches
     max_train_samples: int | None = ranged(None, ge=1)  # per dataset, for smoke runs
     dicom_cache: str | None = None  # pretrain only: an ingested DICOM cache (e.g. <pseudolabel output_dir>/dicom_cache)
+    # shard sets written by `medformer shards` (corpora larger than memory): their images train beside
+    # the others; a dataset whose train split is in a shard set is read from there, not from its npz
+    shards: list[str] = field(default_factory=list)
     # where training images are augmented: device = held in memory as uint8 (on the GPU when there is
     # one), gathered and augmented per batch on the batch's device; loader = per sample in the
     # DataLoader (streaming); auto = device when the training images fit in in_memory_gb

@@ -16,6 +16,7 @@ from .dicom import DicomDataset, DicomIndex
 from .domains import dataset_info
 from .medmnist import DataError, MedMNISTDataset, stratified_fraction
 from .samplers import DatasetBatchSampler
+from .shards import ShardDataset, shard_parts
 from .transforms import eval_transform, train_transform
 
 
@@ -82,20 +83,39 @@ def medmnist_split(
 def train_dataset(
     data: DataConfig, make_transform: Callable[[str], Callable | None], seed: int
 ) -> EpochConcat:
-    """Train splits of all configured datasets (then the 2D and 3D samples of `data.dicom_cache`),
-    each with its dim's transform, concatenated. Segmentation and regression parts are only
+    """Train splits of all configured datasets (then the 2D and 3D samples of `data.dicom_cache` and
+    of each shard set in `data.shards`), each with its dim's transform, concatenated. Segmentation and regression parts are only
     normalized: the augmentations move pixels (masks) or change what is measured (foreground)."""
+    shards = shard_parts(data.shards)
+    in_shards = check_sharded_flags(data, shards)
     parts = []
     for flag in data.datasets:
+        if flag in in_shards:
+            continue
         info = dataset_info(flag)
         base = medmnist_split(data, flag, "train", seed=seed, fraction=data.label_fraction)
         transform = eval_transform() if info.is_dense else make_transform(info.dim)
         parts.append(SeededTransform(base, transform, seed))
     if data.dicom_cache:
         parts += [SeededTransform(base, make_transform(base.dim), seed) for base in dicom_parts(data.dicom_cache)]
+    parts += [SeededTransform(base, make_transform(base.dim), seed) for base in shards]
     if not parts:
-        raise ConfigError("no training data: set data.datasets (MedMNIST flags) and/or data.dicom_cache")
+        raise ConfigError("no training data: set data.datasets (MedMNIST flags), data.dicom_cache and/or data.shards")
     return EpochConcat(parts)
+
+
+def check_sharded_flags(data: DataConfig, shards: list[ShardDataset]) -> set[str]:
+    """The datasets whose train split the shard sets hold. Their labeled rows train the heads of
+    data.datasets, so each must be one of those, and label fractions cannot subset them."""
+    sharded = {flag for part in shards if part.labeled for flag in part.datasets}
+    if sharded and data.label_fraction < 1.0:
+        raise ConfigError(f"data.label_fraction={data.label_fraction} cannot subset the shard sets' "
+                          f"{', '.join(sorted(sharded))}: write shards of the subset, or use the npz files")
+    stray = sorted(sharded - set(data.datasets)) if data.datasets else []
+    if stray:
+        raise ConfigError(f"data.shards hold labeled {stray[0]} images, but {stray[0]} is not in data.datasets "
+                          f"({', '.join(data.datasets)}): add it, or leave data.datasets empty to pretrain on the shards")
+    return sharded
 
 
 def dicom_parts(cache_dir: str) -> list[Dataset]:

@@ -104,7 +104,7 @@ class ConvStem(nn.Module):
         conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
         layers: list[nn.Module] = []
         channels = in_chans
-        for out, stride in zip(widths, strides):
+        for out, stride in zip(widths, strides, strict=True):
             layers += [conv(channels, out, 3, stride, 1, bias=False), _norm(norm, out, spatial_dims), nn.GELU()]
             channels = out
         self.layers = nn.Sequential(*layers)

@@ -14,11 +14,11 @@ from ..models.weights import CheckpointError
 
 # keys that shape the saved state (parameters, heads, optimizer groups, scheduler, EMA weights)
 FINETUNE_STATE_KEYS = (
-    "model.name", "model.overrides", "data.datasets", "data.size", "finetune_mode", "class_weights",
+    "model.name", "model.overrides", "data.datasets", "data.size", "data.shards", "finetune_mode", "class_weights",
     "train.schedule", "train.layer_decay", "train.ema",
 )
 PRETRAIN_STATE_KEYS = (
-    "model.name", "model.overrides", "data.datasets", "data.size", "data.dicom_cache", "ssl.method",
+    "model.name", "model.overrides", "data.datasets", "data.size", "data.dicom_cache", "data.shards", "ssl.method",
     "ssl.settings",  # the method's heads and loss
     "pseudolabel.labels", "pseudolabel.recluster_k", "train.schedule", "train.ema",
 )
