@@ -73,6 +73,9 @@ class TrainConfig:
     epochs: int | Literal["auto"] = ranged(10, ge=1)
     auto_samples: int = ranged(40_000, ge=1)
     batch_size: int = ranged(128, ge=1)  # per process
+    # the batch over all processes (and nodes); when set, batch_size becomes global_batch_size / processes,
+    # so a run on 2 nodes trains like one process at the same global batch
+    global_batch_size: int | None = ranged(None, ge=1)
     lr: float = ranged(1e-3, gt=0.0)
     weight_decay: float = ranged(0.05, ge=0.0)
     schedule: Literal["cosine", "onecycle", "constant"] = "cosine"

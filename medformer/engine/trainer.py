@@ -54,6 +54,18 @@ def make_accelerator(train: TrainConfig, output_dir: str | Path, log: bool = Tru
     )
 
 
+def per_process_batch(train: TrainConfig, num_processes: int) -> int:
+    """train.global_batch_size / num_processes when a global batch is set, else train.batch_size; a
+    one-line ConfigError when the processes of the launch do not divide the global batch."""
+    if train.global_batch_size is None:
+        return train.batch_size
+    if train.global_batch_size % num_processes:
+        raise ConfigError(f"train.global_batch_size={train.global_batch_size} does not split over the {num_processes} "
+                          "processes of this launch (nodes x processes per node): choose a multiple of "
+                          f"{num_processes}, or set train.batch_size per process instead")
+    return train.global_batch_size // num_processes
+
+
 def check_train_config(train: TrainConfig) -> None:
     """Reject schedule settings that cannot work (called before a run writes anything)."""
     if train.schedule not in ("cosine", "onecycle", "constant"):

@@ -16,7 +16,13 @@ from ..data.loaders import augment_factory, eval_loaders, train_batches, train_d
 from ..data.samplers import DatasetBalancedSampler
 from ..data.transforms import eval_transform
 from ..data.transforms.batched import batch_train_transform
-from ..engine.trainer import Trainer, check_train_config, make_accelerator, resolve_epochs
+from ..engine.trainer import (
+    Trainer,
+    check_train_config,
+    make_accelerator,
+    per_process_batch,
+    resolve_epochs,
+)
 from ..eval.evaluate import evaluate_tasks
 from ..eval.predictions import write_predictions
 from ..io import write_json
@@ -100,6 +106,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     if cfg.resume:
         check_resume(cfg, FINETUNE_STATE_KEYS)
     accelerator = make_accelerator(cfg.train, out)
+    cfg.train.batch_size = per_process_batch(cfg.train, accelerator.num_processes)
     set_seed(cfg.seed)
     train_ds = train_dataset(cfg.data, augment_factory(cfg.augment), cfg.seed)
     fit_batch_size(cfg, len(train_ds), accelerator.num_processes)

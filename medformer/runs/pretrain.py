@@ -26,7 +26,13 @@ from ..data.loaders import train_batches, train_dataset
 from ..data.samplers import DatasetBalancedSampler
 from ..data.transforms import MultiViewTransform, ViewConfig
 from ..data.transforms.batched import batch_view_transform
-from ..engine.trainer import Trainer, check_train_config, make_accelerator, resolve_epochs
+from ..engine.trainer import (
+    Trainer,
+    check_train_config,
+    make_accelerator,
+    per_process_batch,
+    resolve_epochs,
+)
 from ..eval.pretrain_monitor import KnnProbe, PretrainMonitor
 from ..io import write_json
 from ..models.build import build_model, check_model
@@ -132,6 +138,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
                        cfg.data.label_fraction)
     data = dataclasses.replace(cfg.data, label_fraction=1.0)
     accelerator = make_accelerator(cfg.train, out)
+    cfg.train.batch_size = train.batch_size = per_process_batch(train, accelerator.num_processes)
     set_seed(cfg.seed)
     views = view_list(cfg.views)
     dataset = parts = train_dataset(data, lambda dim: MultiViewTransform(views, dim), cfg.seed)
