@@ -199,3 +199,25 @@ def test_xformers_without_kernels_falls_back_to_sdpa_once(monkeypatch):
         assert attention_module.xformers_attention(q, k, v, 0.0) is None
     assert attention_module.xops is None and len(calls) == 1
     torch.testing.assert_close(attention_module.attention(q, k, v), F.scaled_dot_product_attention(q, k, v))
+
+
+def test_grad_checkpointing_gives_the_same_loss_and_gradients():
+    """model.grad_checkpointing recomputes activations in the backward pass: same gradients and
+    BatchNorm statistics, 2D and 3D."""
+    from medformer.config import ModelConfig
+    from medformer.models.factory import create_model
+
+    infos = [dataset_info("breastmnist"), dataset_info("adrenalmnist3d")]
+    inputs = make_inputs([torch.rand(1, 28, 28), torch.rand(1, 28, 28, 28)], ["breastmnist", "adrenalmnist3d"])
+    grads = []
+    for enabled in (False, True):
+        torch.manual_seed(0)
+        model = create_model(ModelConfig(overrides={"depth": 2}, grad_checkpointing=enabled), infos, 28).train()
+        assert model.grad_checkpointing is enabled
+        out = model(inputs)
+        sum(v.sum() for v in out.values()).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        grads[-1].update({n: b.clone() for n, b in model.named_buffers()})  # BatchNorm statistics, updated once
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-5, atol=1e-6)

@@ -184,6 +184,11 @@ class CNNModel(nn.Module):
         for info in datasets:
             self.add_dataset(info, head=(dense_heads or {}).get(info.flag))
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """timm's activation recomputation in the 2D encoder (R3D-18 for volumes has none)."""
+        if self.encoder_2d is not None:
+            self.encoder_2d.set_grad_checkpointing(enable)
+
     def add_dataset(self, info: DatasetInfo, task: str | None = None, head: str | None = None) -> None:
         """The dataset's head: linear for classification, a dense head of kind `head` (transformer or
         cnn) for segmentation and regression."""

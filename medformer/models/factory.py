@@ -31,12 +31,17 @@ def create_model(cfg: ModelConfig, datasets: list[DatasetInfo], image_size: int 
         mcfg = medformer_config(
             cfg.name, drop_path=cfg.drop_path, dropout=cfg.dropout, **{**sizes, **cfg.overrides}
         )
-        return Medformer(mcfg, list(datasets), dense_heads=dense_head_kinds(cfg, datasets))
-    return CNNModel(
+        model = Medformer(mcfg, list(datasets), dense_heads=dense_head_kinds(cfg, datasets))
+        model.set_grad_checkpointing(cfg.grad_checkpointing)
+        return model
+    model = CNNModel(
         cfg.name, list(datasets), pretrained=pretrained, drop_rate=cfg.dropout,
         pretrained_file=cfg.pretrained_file if pretrained else None, timm_kwargs=cfg.overrides,
         dense_heads=dense_head_kinds(cfg, datasets),
     )
+    if cfg.grad_checkpointing:
+        model.set_grad_checkpointing()
+    return model
 
 
 def dense_head_kinds(cfg: ModelConfig, datasets: list[DatasetInfo]) -> dict[str, str]:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed, trunc_normal_
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..config import ranged
 from ..data.batch import Inputs
@@ -184,6 +185,7 @@ class InputAdaptformer(nn.Module):
         self.latent_dim = cfg.latent_dim
         self.num_tokens = cfg.num_latent_tokens + 3
         self.stem_batchnorm = has_batchnorm(self)  # as CNNModel: synced BatchNorm needs equal stem calls
+        self.grad_checkpointing = False
 
     def add_domain(self, modality: str, body_part: str) -> None:
         if modality not in self.modality_latents:
@@ -251,7 +253,7 @@ class InputAdaptformer(nn.Module):
             if patches is not None:
                 grid = [s // self.patch_size for s in images.shape[2:]]
                 patches[dim] = (images, rows, tokens.transpose(1, 2).reshape(len(images), -1, *grid))
-            z = self.proj(self.cross(queries[rows], tokens))
+            z = self.proj(_maybe_checkpointed(self.cross, self.grad_checkpointing)(queries[rows], tokens))
             if out is None:
                 out = z.new_zeros(len(inputs), *z.shape[1:])
             out = out.index_copy(0, rows, z)
@@ -320,6 +322,7 @@ class Medformer(nn.Module):
         )
         self.norm = nn.LayerNorm(cfg.hidden_dim)
         self.output_adapt = OutputAdaptformer(cfg)
+        self.grad_checkpointing = False
         self.apply(self._init_weights)
         self._init_cross_attention()
         for info in datasets:
@@ -328,6 +331,12 @@ class Medformer(nn.Module):
     @property
     def embed_dim(self) -> int:
         return self.cfg.hidden_dim
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute the activations of each body block and of the Input Adaptformer's cross-attention
+        in the backward pass (timm's name for it). The stem is not recomputed: its BatchNorm would
+        update its running statistics twice."""
+        self.grad_checkpointing = self.input_adapt.grad_checkpointing = enable
 
     def dense_spec(self, dim: str) -> EncoderSpec:
         """The features dense heads get: the patch grid (before the body) and the body tokens."""
@@ -376,7 +385,7 @@ class Medformer(nn.Module):
         (`patches`, `keep`: see InputAdaptformer.forward)."""
         x = self.input_adapt(inputs, patches, keep)
         for block in self.blocks:
-            x = block(x)
+            x = _maybe_checkpointed(block, self.grad_checkpointing)(x)
         return self.norm(x)
 
     def encode(self, inputs: Inputs) -> torch.Tensor:
@@ -414,6 +423,13 @@ class Medformer(nn.Module):
         if name is None:
             return None
         return f"its backbone is a {name} one; load it with model.name={name}"
+
+
+def _maybe_checkpointed(module: nn.Module, enabled: bool):
+    """`module`, or a call of it that recomputes its activations in the backward pass (training only)."""
+    if enabled and module.training and torch.is_grad_enabled():
+        return functools.partial(checkpoint, module, use_reentrant=False)
+    return module
 
 
 def dense_features(patches: dict, tokens: torch.Tensor, rows: torch.Tensor) -> DenseFeatures:
