@@ -249,3 +249,16 @@ def test_full_study_configs_load_and_enumerate_their_grid(name, cells):
     validate(cfg)
     assert len(cfg.data.datasets) == 18 and cfg.seeds == [0, 1, 2, 3, 4]
     assert len(enumerate_cells(resolved_inits(cfg))) == cells
+
+
+def test_ssl_benchmark_study_config_covers_every_pretext_task_and_a_combination():
+    """configs/study/ssl_benchmark.yaml: each method a time-budgeted pretraining stage, probed and fine-tuned."""
+    from medformer.study.cells import enumerate_cells
+    from medformer.study.stages import resolved_inits
+    from medformer.study.validate import validate
+
+    cfg = load_config(StudyConfig, REPO / "configs" / "study" / "ssl_benchmark.yaml")
+    validate(cfg)
+    assert {"mae", "rotation", "jigsaw", "inpainting", "vicreg_mae", "simclr", "vicreg"} == set(cfg.pretrain)
+    assert all(stage.overrides["train.max_minutes"] == 3 for stage in cfg.pretrain.values())
+    assert len(enumerate_cells(resolved_inits(cfg))) == 8 * 4 * 2 * 3

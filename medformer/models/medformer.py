@@ -49,6 +49,9 @@ class MedformerConfig:
     stem_layers: int = ranged(0, ge=0)  # 3x3 convs in the conv stem: log2(patch_size) stride-2 ones after stride-1 ones (0: none)
     stem_norm: Literal["batch", "group", "layer", "none"] = "group"  # the conv stem's normalisation
     stem_3d: Literal["patch", "conv"] | None = None  # the stem for volumes (None: as `stem`)
+    # image: each image is standardised by its own mean and std before the stem, so that datasets
+    # whose intensities differ share the stem's BatchNorm statistics on equal terms (multi-task)
+    input_norm: Literal["none", "image"] = "none"
 
 
 _LARGE = dict(hidden_dim=512, depth=6, heads=8, mlp_ratio=4.0, patch_size=16, latent_dim=256,
@@ -183,6 +186,7 @@ class InputAdaptformer(nn.Module):
         self.cross = Block(cfg.latent_dim, cfg.heads, cfg.mlp_ratio, context_dim=d, dropout=cfg.dropout)
         self.proj = nn.Linear(cfg.latent_dim, d)
         self.latent_dim = cfg.latent_dim
+        self.input_norm = cfg.input_norm
         self.num_tokens = cfg.num_latent_tokens + 3
         self.stem_batchnorm = has_batchnorm(self)  # as CNNModel: synced BatchNorm needs equal stem calls
         self.grad_checkpointing = False
@@ -196,6 +200,9 @@ class InputAdaptformer(nn.Module):
     def patch_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """[b, C, H, W] or [b, C, D, H, W] -> patch tokens with position embeddings [b, T, d]."""
         stem = self.patch_2d if images.ndim == 4 else self.patch_3d
+        if self.input_norm == "image":
+            axes = tuple(range(1, images.ndim))
+            images = (images - images.mean(axes, keepdim=True)) / (images.std(axes, keepdim=True) + 1e-5)
         x = stem(images) if isinstance(stem, ConvStem) else _conv_any_channels(stem, images)
         grid = x.shape[2:]
         x = x.flatten(2).transpose(1, 2)
