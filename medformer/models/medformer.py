@@ -200,9 +200,8 @@ class InputAdaptformer(nn.Module):
     def patch_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """[b, C, H, W] or [b, C, D, H, W] -> patch tokens with position embeddings [b, T, d]."""
         stem = self.patch_2d if images.ndim == 4 else self.patch_3d
-        if self.input_norm == "image":
-            axes = tuple(range(1, images.ndim))
-            images = (images - images.mean(axes, keepdim=True)) / (images.std(axes, keepdim=True) + 1e-5)
+        if self.input_norm == "image":  # each image to zero mean, unit variance over channels and pixels
+            images = F.layer_norm(images, images.shape[1:])
         x = stem(images) if isinstance(stem, ConvStem) else _conv_any_channels(stem, images)
         grid = x.shape[2:]
         x = x.flatten(2).transpose(1, 2)
