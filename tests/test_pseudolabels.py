@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from medformer.cli import main
+from medformer.errors import UserError
 from medformer.config.pseudolabel import PseudoLabelConfig, PseudoLabelDataConfig
 from medformer.pseudolabels.clustering import (
     choose_k_elbow,
@@ -70,6 +71,15 @@ def test_cluster_grid_finds_separated_blobs():
     q = cluster_quality(grid[4]["labels"], {"blob": truth}, x)
     assert q["homogeneity_blob"] == pytest.approx(1.0) and q["nmi_blob"] == pytest.approx(1.0)
     assert q["harmonic_mean"] == pytest.approx(1.0) and q["intra_cosine_distance"] < 0.05
+
+
+def test_cluster_grid_keeps_numpy_float_warnings_off_the_console_and_refuses_overflow(recwarn):
+    """Floating-point flags inside k-means print no RuntimeWarning (some OpenBLAS kernels raise
+    them spuriously); features that truly overflow get a one-line error instead of garbage labels."""
+    rng = np.random.default_rng(0)
+    with pytest.raises(UserError, match="non-finite inertia"):
+        cluster_grid((rng.normal(0, 1, (40, 8)) * 1e20).astype(np.float32), [2])
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
 
 
 def test_intra_cluster_cosine_distance_matches_brute_force():

@@ -42,8 +42,14 @@ def cluster_grid(x: np.ndarray, ks: list[int], seed: int = 0) -> dict[int, dict]
             km = MiniBatchKMeans(n_clusters=k, random_state=seed, n_init=3, batch_size=4096)
         else:
             km = KMeans(n_clusters=k, random_state=seed, n_init=4)
-        with limit_threads(len(x)):
+        # Some OpenBLAS kernels leave floating-point flags set after a finite matmul, so numpy
+        # prints "divide by zero encountered in matmul" with no cause; sklearn already refuses
+        # non-finite input, and the result is checked below instead.
+        with limit_threads(len(x)), np.errstate(all="ignore"):
             labels = km.fit_predict(x)
+        if not np.isfinite(km.inertia_):
+            raise UserError(f"k-means with k={k} gave a non-finite inertia: the features overflow float32; "
+                            "check that the `encoder` checkpoint gives finite, moderate embeddings")
         out[k] = {"inertia": float(km.inertia_), "labels": labels.astype(np.int64)}
     if not out:
         raise UserError(f"no k in {sorted(set(ks))} fits {len(x)} samples (need 2 <= k < n_samples)")
