@@ -41,7 +41,8 @@ from medformer.objectives.ssl import SSL_METHODS, build_ssl_objective
 GLOBAL_BATCH = 8
 STEPS = 2
 TINY_MODEL = {"depth": 1, "hidden_dim": 32, "heads": 2, "latent_dim": 16, "num_latent_tokens": 4}
-DATASETS = ("pneumoniamnist", "adrenalmnist3d")
+# two 2D modalities, so that the stem's per-modality BatchNorm statistics are synced as well
+DATASETS = ("pneumoniamnist", "adrenalmnist3d", "breastmnist")
 COMBINED_METHODS = ("pseudolabel", "vicreg+pseudolabel", "vicreg+mae+pseudolabel")
 N_PSEUDOLABELS = 3
 
@@ -72,13 +73,14 @@ def ssl_config(method: str) -> SSLConfig:
 
 
 def global_batches() -> list[tuple[list, list, list]]:
-    """STEPS batches of two views; samples alternate 2D/3D so each rank's half mixes both."""
+    """STEPS batches of two views; samples alternate 2D/3D so each rank's half mixes both, and the
+    2D ones alternate X-ray and ultrasound."""
     g = torch.Generator().manual_seed(0)
     batches = []
     for _ in range(STEPS):
         images = [torch.rand(1, 28, 28, generator=g) if i % 2 == 0 else torch.rand(1, 28, 28, 28, generator=g)
                   for i in range(GLOBAL_BATCH)]
-        flags = [DATASETS[i % 2] for i in range(GLOBAL_BATCH)]
+        flags = [DATASETS[(0, 1, 2, 1)[i % 4]] for i in range(GLOBAL_BATCH)]
         views = [[x + 0.1 * torch.randn(x.shape, generator=g) for x in images] for _ in range(2)]
         batches.append((views[0], views[1], flags))
     return batches

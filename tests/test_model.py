@@ -51,7 +51,7 @@ def test_image_input_norm_ignores_each_images_brightness_and_contrast():
     torch.manual_seed(0)
     imgs = [torch.rand(1, 28, 28), torch.rand(3, 28, 28), torch.rand(1, 28, 28, 28)]
     flags = ["pneumoniamnist", "retinamnist", "adrenalmnist3d"]
-    rescaled = [x * scale + shift for x, scale, shift in zip(imgs, (0.5, 2.0, 0.3), (0.2, -0.4, 0.6))]
+    rescaled = [x * scale + shift for x, scale, shift in zip(imgs, (0.5, 2.0, 0.3), (0.2, -0.4, 0.6), strict=True)]
     for norm, invariant in (("image", True), ("none", False)):
         model = tiny(input_norm=norm).eval()
         a, b = model.encode(make_inputs(imgs, flags)), model.encode(make_inputs(rescaled, flags))

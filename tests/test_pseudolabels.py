@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from medformer.cli import main
-from medformer.errors import UserError
 from medformer.config.pseudolabel import PseudoLabelConfig, PseudoLabelDataConfig
+from medformer.errors import UserError
 from medformer.pseudolabels.clustering import (
     choose_k_elbow,
     cluster_entropy,

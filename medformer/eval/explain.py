@@ -173,7 +173,7 @@ def attention_rollout(model: nn.Module, inputs: Inputs, task: str) -> torch.Tens
     if len(inputs.groups) != 1:
         raise ValueError("attention maps take batches of one image shape")
     queries = ia.queries(inputs)[rows]
-    patches = ia.patch_tokens(images)
+    patches = ia.patch_tokens(images, [inputs.modality[i] for i in rows.tolist()])
     cross = ia.cross
     a_in = cross.attn.attention_weights(cross.norm_q(queries), cross.norm_context(patches)).mean(1)  # [b, Nq, P]
     x = ia.proj(cross(queries, patches))

@@ -24,6 +24,7 @@ from ..data.batch import Inputs
 from ..data.domains import DatasetInfo
 from .attention import Block
 from .dense_heads import DenseFeatures, EncoderSpec, add_dataset_head
+from .domain_norm import DomainBatchNorm
 from .stem_calls import dims_only_elsewhere, has_batchnorm, merged_groups, zero_weighted
 
 
@@ -47,7 +48,8 @@ class MedformerConfig:
     stem: Literal["patch", "conv"] = "patch"
     stem_width: int = ranged(32, ge=1)  # channels of the conv stem's first stride-2 layer, doubled at each next one; stride-1 layers get half
     stem_layers: int = ranged(0, ge=0)  # 3x3 convs in the conv stem: log2(patch_size) stride-2 ones after stride-1 ones (0: none)
-    stem_norm: Literal["batch", "group", "layer", "none"] = "group"  # the conv stem's normalisation
+    # the conv stem's normalisation; domain_batch: BatchNorm statistics per modality (multi-task)
+    stem_norm: Literal["batch", "domain_batch", "group", "layer", "none"] = "group"
     stem_3d: Literal["patch", "conv"] | None = None  # the stem for volumes (None: as `stem`)
     # image: each image is standardised by its own mean and std before the stem, so that datasets
     # whose intensities differ share the stem's BatchNorm statistics on equal terms (multi-task)
@@ -60,13 +62,16 @@ _CONV_STEM = dict(stem="conv", stem_norm="batch")
 # conv stem for images, patchify for volumes: on AdrenalMNIST3D the patchify stem learned in every
 # seed (AUC 0.80, MCC 0.30 over 3 seeds) where the 3D conv stem mostly predicted the prior, at twice
 # its speed (docs/benchmarks.md, "Which backbone")
-_DEFAULT_STEMS = dict(**_CONV_STEM, stem_3d="patch")
+_BN_STEMS = dict(**_CONV_STEM, stem_3d="patch")
+# BatchNorm statistics per modality: a four-task model's BreastMNIST test AUC 0.76 -> 0.86; with
+# one modality in the data it is BatchNorm (docs/benchmarks.md, "Which backbone")
+_DEFAULT_STEMS = dict(_BN_STEMS, stem_norm="domain_batch")
 SIZES: dict[str, MedformerConfig] = {
     # a 16-channel stride-1 conv before the two stride-2 ones (docs/benchmarks.md, "Which backbone")
     "medformer_small": MedformerConfig(**_DEFAULT_STEMS, stem_layers=3),
     "medformer_large": MedformerConfig(**_LARGE, **_DEFAULT_STEMS),
-    # the default small size until the stride-1 stem layer (two stride-2 convs)
-    "medformer_small_stem2": MedformerConfig(**_DEFAULT_STEMS),
+    # the default small size until the stride-1 stem layer (two stride-2 convs, one BatchNorm)
+    "medformer_small_stem2": MedformerConfig(**_BN_STEMS),
     # the thesis architecture, as it was trained there (and here until the conv stem)
     "medformer_small_thesis": MedformerConfig(),
     "medformer_large_thesis": MedformerConfig(**_LARGE),
@@ -118,9 +123,12 @@ class ConvStem(nn.Module):
     def first(self) -> nn.Module:
         return self.layers[0]
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, modalities: list[str] | None = None) -> torch.Tensor:
+        """`modalities`: each image's, for DomainBatchNorm layers."""
         x = _conv_any_channels(self.first, images)
-        return self.proj(self.layers[1:](x))
+        for layer in self.layers[1:]:
+            x = layer(x, modalities) if isinstance(layer, DomainBatchNorm) else layer(x)
+        return self.proj(x)
 
 
 class _ChannelLayerNorm(nn.LayerNorm):
@@ -135,6 +143,8 @@ def _norm(kind: str, channels: int, spatial_dims: int) -> nn.Module:
         return nn.GroupNorm(1, channels)
     if kind == "batch":
         return (nn.BatchNorm2d if spatial_dims == 2 else nn.BatchNorm3d)(channels)
+    if kind == "domain_batch":
+        return DomainBatchNorm(channels)
     if kind == "layer":  # over channels, at each position (ConvNeXt's LayerNorm2d)
         return _ChannelLayerNorm(channels)
     if kind == "none":
@@ -196,13 +206,17 @@ class InputAdaptformer(nn.Module):
             self.modality_latents[modality] = _param(self.latent_dim)
         if body_part not in self.body_part_latents:
             self.body_part_latents[body_part] = _param(self.latent_dim)
+        for norm in self.modules():
+            if isinstance(norm, DomainBatchNorm):
+                norm.add_domain(modality)
 
-    def patch_tokens(self, images: torch.Tensor) -> torch.Tensor:
-        """[b, C, H, W] or [b, C, D, H, W] -> patch tokens with position embeddings [b, T, d]."""
+    def patch_tokens(self, images: torch.Tensor, modalities: list[str] | None = None) -> torch.Tensor:
+        """[b, C, H, W] or [b, C, D, H, W] -> patch tokens with position embeddings [b, T, d].
+        `modalities` (each image's) are needed by a stem with stem_norm=domain_batch."""
         stem = self.patch_2d if images.ndim == 4 else self.patch_3d
         if self.input_norm == "image":  # each image to zero mean, unit variance over channels and pixels
             images = F.layer_norm(images, images.shape[1:])
-        x = stem(images) if isinstance(stem, ConvStem) else _conv_any_channels(stem, images)
+        x = stem(images, modalities) if isinstance(stem, ConvStem) else _conv_any_channels(stem, images)
         grid = x.shape[2:]
         x = x.flatten(2).transpose(1, 2)
         return x + self.position_embedding(grid, images.ndim == 4)
@@ -253,7 +267,7 @@ class InputAdaptformer(nn.Module):
         groups = merged_groups(inputs)
         out = None
         for dim, (images, rows) in groups.items():
-            tokens = self.patch_tokens(images)
+            tokens = self.patch_tokens(images, [inputs.modality[i] for i in rows.tolist()])
             if keep is not None and dim in keep:
                 tokens = tokens.gather(1, keep[dim][..., None].expand(-1, -1, tokens.shape[-1]))
             if patches is not None:
@@ -265,7 +279,7 @@ class InputAdaptformer(nn.Module):
             out = out.index_copy(0, rows, z)
         if self.training and self.stem_batchnorm:
             absent = dims_only_elsewhere(set(groups), out.device)
-            out = zero_weighted(out, [self.patch_tokens(self._empty_batch(dim, out.device)) for dim in absent])
+            out = zero_weighted(out, [self.patch_tokens(self._empty_batch(dim, out.device), []) for dim in absent])
         return out
 
     def _empty_batch(self, dim: str, device: torch.device) -> torch.Tensor:
@@ -419,6 +433,13 @@ class Medformer(nn.Module):
     def config_dict(self) -> dict:
         return asdict(self.cfg)
 
+    def adapt_checkpoint(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`state` in this model's layout where only the layout differs (DomainBatchNorm.adapt_state)."""
+        for name, module in self.named_modules():
+            if isinstance(module, DomainBatchNorm):
+                state = module.adapt_state(state, f"{name}.")
+        return state
+
     def checkpoint_mismatch(self, state: dict[str, torch.Tensor]) -> str | None:
         """Why `state` cannot be this model's, when its backbone is another named size's (e.g. an
         encoder exported before medformer_small gained its conv stem); None when it may fit."""
@@ -461,10 +482,13 @@ def _size_shapes(name: str) -> dict[str, tuple[int, ...]]:
 
 
 def backbone_shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
-    """Shapes of a Medformer state's shared tensors: no per-dataset latents or heads, and no
-    position embeddings (their length follows the image size)."""
+    """Shapes of a Medformer state's shared tensors: no per-dataset latents or heads, no position
+    embeddings (their length follows the image size) and no norm statistics (their layout, BatchNorm
+    or DomainBatchNorm, is adapted on loading; their shapes follow the norm's weight)."""
     per_dataset = ("modality_latents.", "body_part_latents.", "task_latents.", "heads.", ".pos_")  # heads. covers dense_heads.
-    return {k: tuple(v.shape) for k, v in state.items() if not any(s in k for s in per_dataset)}
+    statistics = ("running_mean", "running_var", "num_batches_tracked")
+    return {k: tuple(v.shape) for k, v in state.items()
+            if not any(s in k for s in per_dataset) and not k.endswith(statistics)}
 
 
 def medformer_config(name: str, **overrides) -> MedformerConfig:

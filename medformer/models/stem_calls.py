@@ -16,6 +16,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..data.batch import Inputs
+from .domain_norm import DomainBatchNorm
 
 DIMS = ("2d", "3d")
 
@@ -44,7 +45,7 @@ def merged_groups(inputs: Inputs) -> dict[str, tuple[torch.Tensor, torch.Tensor]
 
 
 def has_batchnorm(module: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+    return any(isinstance(m, (nn.modules.batchnorm._BatchNorm, DomainBatchNorm)) for m in module.modules())
 
 
 def dims_only_elsewhere(local: set[str], device: torch.device) -> list[str]:

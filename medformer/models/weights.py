@@ -74,6 +74,8 @@ def load_weights(
     reason = mismatch(state) if mismatch is not None else None
     if reason:
         raise CheckpointError(f"checkpoint {file} does not fit this model: {reason}")
+    adapt = getattr(model, "adapt_checkpoint", None)
+    state = adapt(state) if adapt is not None else state
     own = model.state_dict()
     matched = [k for k in state if k in own and own[k].shape == state[k].shape]
     mismatched = [k for k in state if k in own and own[k].shape != state[k].shape]

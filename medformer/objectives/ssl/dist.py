@@ -14,6 +14,8 @@ import torch.distributed as dist
 from lightly.utils.dist import gather as _gather_layer
 from torch import Tensor, nn
 
+from ...models.domain_norm import DomainBatchNorm
+
 
 def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
@@ -105,9 +107,13 @@ def _to_dist_batchnorm(module: nn.Module) -> nn.Module:
 
 def sync_batchnorm(module: nn.Module) -> nn.Module:
     """BatchNorm layers with statistics over all processes when world size > 1: torch's
-    SyncBatchNorm on CUDA, DistBatchNorm elsewhere. Unchanged with one process."""
+    SyncBatchNorm on CUDA, DistBatchNorm elsewhere, DomainBatchNorm's per-modality sums reduced.
+    Unchanged with one process."""
     if world_size() == 1:
         return module
+    for norm in module.modules():
+        if isinstance(norm, DomainBatchNorm):
+            norm.reduce = all_reduce_with_grad
     if torch.cuda.is_available():
         return nn.SyncBatchNorm.convert_sync_batchnorm(module)
     return _to_dist_batchnorm(module)
