@@ -95,3 +95,21 @@ def test_a_checkpoints_modalities_come_along_and_a_new_one_starts_from_the_poole
         torch.testing.assert_close(norm.domains[name].running_var, source.domains[name].running_var)
     torch.testing.assert_close(norm.domains["fundus"].running_mean, source.pooled()[0])
     assert not torch.allclose(source.domains["xray"].running_mean, source.domains["ultrasound"].running_mean)
+
+
+def test_single_modality_training_is_bit_identical_to_the_batchnorm_stem():
+    """What single-task runs measured with the one-BatchNorm stem holds for the default: same
+    draws, same steps, same weights."""
+    flags = ["pneumoniamnist"] * 8
+    images = [torch.rand(1, 28, 28, generator=torch.Generator().manual_seed(i)) for i in range(8)]
+    weights = {}
+    for norm in ("batch", "domain_batch"):
+        torch.manual_seed(0)
+        model = Medformer(medformer_config("medformer_small", depth=1, stem_norm=norm), [dataset_info("pneumoniamnist")])
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        for _ in range(3):
+            optimizer.zero_grad()
+            model(make_inputs(images, flags))["pneumoniamnist"].logsumexp(1).mean().backward()
+            optimizer.step()
+        weights[norm] = [p.detach().clone() for p in model.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(weights["batch"], weights["domain_batch"], strict=True))
