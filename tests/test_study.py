@@ -203,6 +203,31 @@ def test_study_runs_its_pretraining_stages_then_cells_in_worker_processes(shared
     assert sum(" skip " in ln for ln in new_log) == 1 + 2 + 3, new_log
 
 
+def test_per_seed_pretraining_gives_each_seed_its_own_encoder(shared_root, tmp_path):
+    """`pretrain_per_seed`: one pretraining run per study seed (with that seed), the cells of seed s
+    start from run s, and the report's paired table carries Welch's test over the seeds."""
+    from safetensors.torch import load_file
+
+    tiny = {"depth": 1, "hidden_dim": 32, "heads": 2, "latent_dim": 16, "num_latent_tokens": 4}
+    pretrain = {"vicreg": {"config": "configs/pretrain/vicreg_small.yaml", "overrides": {
+        "model.overrides": tiny, "data.datasets": ["breastmnist"], "data.max_train_samples": 32, "train.batch_size": 16,
+        "train.epochs": 1, "monitor.knn_every": 0, "ssl.vicreg.proj_hidden_dim": 32, "ssl.vicreg.proj_output_dim": 32}}}
+    out = tmp_path / "study"
+    overrides = [f"data.root={shared_root}", f"output_dir={out}", f"pretrain={json.dumps(pretrain)}",
+                 "inits={scratch: scratch, vicreg: 'pretrain:vicreg'}", "pretrain_per_seed=true", "seeds=[0, 1]",
+                 "label_fractions=[1.0]", "explain.enabled=false", "jobs=2", "isolation=workers",
+                 f"finetune={json.dumps({'model.overrides': tiny, 'data.max_train_samples': 64, 'train.epochs': 1})}"]
+    rows = run_study(load_config(StudyConfig, SMOKE, overrides))
+    assert [r["status"] for r in rows] == ["done"] * 4, [r.get("error") for r in rows]
+    encoders = [load_file(out / "pretrain" / "vicreg" / f"seed{s}" / "encoder.safetensors") for s in (0, 1)]
+    assert any(not torch.equal(encoders[0][k], encoders[1][k]) for k in encoders[0])
+    for seed in (0, 1):
+        config = (out / "cells" / f"vicreg-medformer_small-breastmnist-f1-s{seed}-full" / "config.yaml").read_text()
+        assert str(out / "pretrain" / "vicreg" / f"seed{seed}") in config
+    text = (out / "report.md").read_text()
+    assert "pretraining `vicreg` seed 1" in text and "Welch p (seeds)" in text
+
+
 def test_a_mistyped_stage_stops_the_study_before_anything_runs(tmp_path, capsys):
     from medformer.study.__main__ import main
 
@@ -242,23 +267,21 @@ def test_frozen_cells_score_the_encoder_with_the_cells_labeled_images(shared_roo
 def test_full_study_configs_load_and_enumerate_their_grid(name, cells):
     """The GPU-sized studies are valid configs (every key known, stages well-formed) with the grid the docs cost."""
     from medformer.study.cells import enumerate_cells
-    from medformer.study.stages import resolved_inits
     from medformer.study.validate import validate
 
     cfg = load_config(StudyConfig, REPO / "configs" / "study" / name)
     validate(cfg)
     assert len(cfg.data.datasets) == 18 and cfg.seeds == [0, 1, 2, 3, 4]
-    assert len(enumerate_cells(resolved_inits(cfg))) == cells
+    assert len(enumerate_cells(cfg)) == cells
 
 
 def test_ssl_benchmark_study_config_covers_every_pretext_task_and_a_combination():
     """configs/study/ssl_benchmark.yaml: each method a time-budgeted pretraining stage, probed and fine-tuned."""
     from medformer.study.cells import enumerate_cells
-    from medformer.study.stages import resolved_inits
     from medformer.study.validate import validate
 
     cfg = load_config(StudyConfig, REPO / "configs" / "study" / "ssl_benchmark.yaml")
     validate(cfg)
     assert {"mae", "rotation", "jigsaw", "inpainting", "vicreg_mae", "simclr", "vicreg"} == set(cfg.pretrain)
     assert all(stage.overrides["train.max_minutes"] == 3 for stage in cfg.pretrain.values())
-    assert len(enumerate_cells(resolved_inits(cfg))) == 8 * 4 * 2 * 3
+    assert len(enumerate_cells(cfg)) == 8 * 4 * 2 * 3

@@ -61,3 +61,7 @@ class StudyConfig:
     explain: ExplainConfig = field(default_factory=ExplainConfig)
     pseudolabels: dict[str, StageConfig] = field(default_factory=dict)  # name -> `medformer pseudolabel` run
     pretrain: dict[str, StageConfig] = field(default_factory=dict)  # name -> `pretrain` run; inits "pretrain:<name>"
+    # each pretrain stage runs once per seed (with seed=<seed>, in pretrain/<name>/seed<seed>) and the cells
+    # of seed s start from the run of seed s: the seeds then span pretraining too, so the paired statistics,
+    # which resample the seeds, hold its variance (the pretraining-seed protocol of the SSL benchmark)
+    pretrain_per_seed: bool = False

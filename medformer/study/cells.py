@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,10 +35,11 @@ class Cell:
         return {**asdict(self), "id": self.id}
 
 
-def enumerate_cells(cfg: StudyConfig) -> list[Cell]:
-    """The full grid, in a stable order (init, model, dataset, fraction, seed, mode)."""
+def enumerate_cells(cfg: StudyConfig, resolve: Callable[[str, int], str] | None = None) -> list[Cell]:
+    """The full grid, in a stable order (init, model, dataset, fraction, seed, mode). `resolve`
+    (init, seed) -> what the cell starts from (stage references become the stages' folders)."""
     cells = [
-        Cell(name, init, model, flag, float(frac), int(seed), mode)
+        Cell(name, resolve(init, int(seed)) if resolve else init, model, flag, float(frac), int(seed), mode)
         for (name, init), model, flag, frac, seed, mode in itertools.product(
             cfg.inits.items(), cfg.models, cfg.data.datasets, cfg.label_fractions, cfg.seeds, cfg.modes
         )

@@ -26,6 +26,7 @@ class Comparison:
     b: str
     result: PairedResult | None
     note: str = ""
+    welch_p: float | None = None  # Welch's t-test of the two inits' per-seed test AUCs (unpaired, two-sided)
 
 
 @dataclass
@@ -51,6 +52,18 @@ def _mean_auc(cells: dict[int, dict]) -> float:
     return float(np.mean(values)) if values else math.nan
 
 
+def welch_p(cells_a: dict[int, dict], cells_b: dict[int, dict]) -> float | None:
+    """Two-sided Welch t-test of the per-seed test AUCs (None under two seeds a side or no spread):
+    the comparison over pretraining and fine-tuning seeds of scripts/ssl_seeds.py, beside the
+    paired bootstrap, which also uses every test image."""
+    from scipy.stats import ttest_ind
+
+    a, b = ([v for v in (float(r["test_auc"]) for r in cells.values()) if not math.isnan(v)] for cells in (cells_a, cells_b))
+    if min(len(a), len(b)) < 2 or np.std(a) + np.std(b) == 0:
+        return None
+    return float(ttest_ind(a, b, equal_var=False).pvalue)
+
+
 def compare_pair(setting: Setting, a: str, b: str, cells_a: dict[int, dict], cells_b: dict[int, dict],
                  cells_root: Path, n_resamples: int) -> Comparison:
     seeds = sorted(set(cells_a) & set(cells_b))
@@ -68,7 +81,7 @@ def compare_pair(setting: Setting, a: str, b: str, cells_a: dict[int, dict], cel
     except ValueError as e:
         return Comparison(setting, a, b, None, f"not testable: {e}")
     note = "1 seed: the interval holds the test-set sampling only" if len(seeds) == 1 else ""
-    return Comparison(setting, a, b, result, note)
+    return Comparison(setting, a, b, result, note, welch_p(cells_a, cells_b))
 
 
 def paired_comparisons(rows: list[dict], cells_root: Path, n_resamples: int = 1000) -> list[Comparison]:

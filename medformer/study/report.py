@@ -160,10 +160,13 @@ def paired_section(comparisons: list[Comparison]) -> list[str]:
         body.append([*_setting(c.setting, with_model)[1:], f"{c.a} vs {c.b}", _delta(c),
                      _fmt_p(r.p_value) if r else "–", ("yes" if r.significant else "no") if r else "not testable",
                      str(r.seeds) if r else "–", str(r.n_images) if r else "–", _fmt(r.detectable) if r else "–",
-                     c.note])
+                     _fmt_p(c.welch_p) if c.welch_p is not None else "–", c.note])
     cols = [*(["model / mode"] if with_model else []), "fraction", "pair (better mean first)", "Δ AUC [95% CI]", "p",
-            "significant", "seeds", "test images", "detectable Δ (80% power)", "note"]
-    return _table(cols, body)
+            "significant", "seeds", "test images", "detectable Δ (80% power)", "Welch p (seeds)", "note"]
+    return [*_table(cols, body), "",
+            "p and significant: the paired bootstrap over seeds and test images. Welch p (seeds): Welch's t-test "
+            "of the two inits' per-seed test AUCs, which ignores the pairing on test images (reported beside it, "
+            "as the pretraining-seed benchmark did; with `pretrain_per_seed` the seeds span pretraining too)."]
 
 
 def ranking_section(rankings: dict[tuple[str, str], Ranking], figures: dict[tuple[str, str], Path | None],

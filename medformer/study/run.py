@@ -16,7 +16,7 @@ from .plots import convergence_plot, critical_difference_plot, label_efficiency_
 from .report import Evidence, primary_metrics, write_report
 from .results import collect_rows, val_history, write_csv
 from .runner import run_cells, study_log
-from .stages import resolved_inits, run_stages, stage_lines
+from .stages import resolve_reference, run_stages, stage_lines
 from .validate import validate
 
 logger = logging.getLogger(__name__)
@@ -84,7 +84,8 @@ def summary_lines(cfg: StudyConfig) -> list[str]:
         f"- datasets: {', '.join(cfg.data.datasets)} at {cfg.data.size} px",
         f"- inits: {inits}",
         f"- models: {', '.join(cfg.models)}; modes: {', '.join(cfg.modes)}",
-        f"- label fractions: {', '.join(f'{f:g}' for f in cfg.label_fractions)}; seeds: {', '.join(map(str, cfg.seeds))}",
+        f"- label fractions: {', '.join(f'{f:g}' for f in cfg.label_fractions)}; seeds: {', '.join(map(str, cfg.seeds))}"
+        + (" (each pretrained its own encoder)" if cfg.pretrain_per_seed and cfg.pretrain else ""),
         f"- base finetune overrides: {cfg.finetune or 'none'}" + (f" on {cfg.base_config}" if cfg.base_config else ""),
         "- per-cell outputs: `cells/<cell-id>/` (config.yaml, metrics.json, train_stats.json, status.json); all rows in `results.csv`",
     ]
@@ -96,7 +97,7 @@ def run_study(cfg: StudyConfig) -> list[dict]:
     out = Path(cfg.output_dir)
     log = study_log(out)
     run_stages(cfg, log)
-    cells = enumerate_cells(resolved_inits(cfg))
+    cells = enumerate_cells(cfg, lambda init, seed: resolve_reference(cfg, init, seed))
     run_cells(cfg, cells, log)
     rows = collect_rows(cells, out / "cells")
     write_csv(rows, out / "results.csv")

@@ -11,13 +11,13 @@ A study config may declare them, so one command goes from raw data to the compar
     inits: {scratch: scratch, vicreg: "pretrain:vicreg", pseudolabel: "pretrain:pseudolabel"}
 
 `pseudolabels:<name>` and `pretrain:<name>` (in overrides and inits) name the stage's output folder,
-`<output_dir>/pseudolabels/<name>` or `<output_dir>/pretrain/<name>`. Stages are resumable like
-cells: a stage with metrics.json is skipped, an interrupted pretraining run resumes.
+`<output_dir>/pseudolabels/<name>` or `<output_dir>/pretrain/<name>` (`.../<name>/seed<s>`, one per
+seed, with `pretrain_per_seed`). Stages are resumable like cells: a stage with metrics.json is
+skipped, an interrupted pretraining run resumes.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
 import sys
@@ -39,12 +39,20 @@ KINDS = ("pseudolabels", "pretrain")
 COMMANDS = {"pseudolabels": ["-m", "medformer", "pseudolabel"], "pretrain": ["-m", "pretrain"]}
 
 
-def stage_dir(cfg: StudyConfig, kind: str, name: str) -> Path:
-    return Path(cfg.output_dir).resolve() / kind / name
+def stage_dir(cfg: StudyConfig, kind: str, name: str, seed: int | None = None) -> Path:
+    """A stage's output folder; `seed`: which run of a per-seed pretrain stage."""
+    folder = Path(cfg.output_dir).resolve() / kind / name
+    return folder / f"seed{seed}" if seed is not None else folder
 
 
-def resolve_reference(cfg: StudyConfig, value: Any) -> Any:
-    """`pretrain:<name>` / `pseudolabels:<name>` -> that stage's folder; other values unchanged."""
+def stage_seeds(cfg: StudyConfig, kind: str) -> list[int | None]:
+    """The runs of each stage of `kind`: one per study seed for per-seed pretraining, else one."""
+    return list(cfg.seeds) if kind == "pretrain" and cfg.pretrain_per_seed else [None]
+
+
+def resolve_reference(cfg: StudyConfig, value: Any, seed: int | None = None) -> Any:
+    """`pretrain:<name>` / `pseudolabels:<name>` -> that stage's folder (of `seed`'s run for per-seed
+    pretraining; the first seed's when None); other values unchanged."""
     if not isinstance(value, str):
         return value
     kind, sep, name = value.partition(":")
@@ -52,7 +60,8 @@ def resolve_reference(cfg: StudyConfig, value: Any) -> Any:
         return value
     if name not in getattr(cfg, kind):
         raise ConfigError(f"{value!r} names no stage: the study declares {kind} {sorted(getattr(cfg, kind)) or 'none'}")
-    return str(stage_dir(cfg, kind, name))
+    runs = stage_seeds(cfg, kind)
+    return str(stage_dir(cfg, kind, name, seed if seed in runs else runs[0]))
 
 
 def resolve_config_path(path: str) -> str:
@@ -63,10 +72,10 @@ def resolve_config_path(path: str) -> str:
     return str(REPO_ROOT / p)
 
 
-def stage_overrides(cfg: StudyConfig, kind: str, name: str, stage: StageConfig) -> list[str]:
-    """`key=value` arguments of a stage: its own overrides, then data.root and output_dir."""
-    out = stage_dir(cfg, kind, name)
-    own: dict[str, Any] = {"output_dir": str(out)}
+def stage_overrides(cfg: StudyConfig, kind: str, name: str, stage: StageConfig, seed: int | None = None) -> list[str]:
+    """`key=value` arguments of a stage: its own overrides, then data.root, output_dir (and seed)."""
+    out = stage_dir(cfg, kind, name, seed)
+    own: dict[str, Any] = {"output_dir": str(out), **({"seed": seed} if seed is not None else {})}
     if cfg.data.root:
         own["data.root"] = str(Path(cfg.data.root).expanduser().resolve())
     if kind == "pretrain":
@@ -77,9 +86,9 @@ def stage_overrides(cfg: StudyConfig, kind: str, name: str, stage: StageConfig) 
     return [f"{k}={format_value(v)}" for k, v in merged.items()]
 
 
-def stage_command(cfg: StudyConfig, kind: str, name: str, stage: StageConfig) -> list[str]:
+def stage_command(cfg: StudyConfig, kind: str, name: str, stage: StageConfig, seed: int | None = None) -> list[str]:
     return [sys.executable, *COMMANDS[kind], "--config", resolve_config_path(stage.config),
-            *stage_overrides(cfg, kind, name, stage)]
+            *stage_overrides(cfg, kind, name, stage, seed)]
 
 
 def check_stage(cfg: StudyConfig, kind: str, name: str, stage: StageConfig) -> None:
@@ -87,22 +96,25 @@ def check_stage(cfg: StudyConfig, kind: str, name: str, stage: StageConfig) -> N
     if not stage.config or not Path(resolve_config_path(stage.config)).is_file():
         raise ConfigError(f"config file {stage.config!r} not found")
     schema = PretrainConfig if kind == "pretrain" else PseudoLabelConfig
-    load_config(schema, resolve_config_path(stage.config), stage_overrides(cfg, kind, name, stage))
+    load_config(schema, resolve_config_path(stage.config), stage_overrides(cfg, kind, name, stage, stage_seeds(cfg, kind)[0]))
 
 
-def run_stage(cfg: StudyConfig, kind: str, name: str, stage: StageConfig, log: Callable[[str], None]) -> bool:
-    """Run one stage as a subprocess (log in its folder); True when its outputs are complete."""
-    out = stage_dir(cfg, kind, name)
+def run_stage(cfg: StudyConfig, kind: str, name: str, stage: StageConfig, log: Callable[[str], None],
+              seed: int | None = None) -> bool:
+    """Run one stage (the run of `seed` of a per-seed one) as a subprocess (log beside its folder);
+    True when its outputs are complete."""
+    out = stage_dir(cfg, kind, name, seed)
+    label = f"{kind}/{name}" + (f"/seed{seed}" if seed is not None else "")
     if (out / "metrics.json").is_file():
-        log(f"skip {kind}/{name} (done)")
+        log(f"skip {label} (done)")
         return True
-    cmd = stage_command(cfg, kind, name, stage)
+    cmd = stage_command(cfg, kind, name, stage, seed)
     env = child_env(dict(os.environ))  # the stage dies with the study
     if cfg.threads:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(cfg.threads)
     out.mkdir(parents=True, exist_ok=True)
-    log_file = out.parent / f"{name}.log"
-    log(f"run {kind}/{name}")
+    log_file = out.parent / f"{out.name}.log"
+    log(f"run {label}")
     t0 = time.perf_counter()
     with open(log_file, "w") as fh:
         fh.write(" ".join(cmd) + "\n")
@@ -110,7 +122,7 @@ def run_stage(cfg: StudyConfig, kind: str, name: str, stage: StageConfig, log: C
         rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT).returncode
     ok = rc == 0 and (out / "metrics.json").is_file()
     lines = [ln for ln in log_file.read_text().splitlines() if ln.strip()]
-    log(f"{'done' if ok else 'failed'} {kind}/{name} in {time.perf_counter() - t0:.0f}s"
+    log(f"{'done' if ok else 'failed'} {label} in {time.perf_counter() - t0:.0f}s"
         + ("" if ok else f": {lines[-1] if lines else 'no output'} (log: {log_file})"))
     return ok
 
@@ -122,16 +134,13 @@ def run_stages(cfg: StudyConfig, log: Callable[[str], None]) -> dict[str, bool]:
     done: dict[str, bool] = {}
     for name, stage in cfg.pseudolabels.items():
         done[f"pseudolabels:{name}"] = run_stage(cfg, "pseudolabels", name, stage, log)
-    items = list(cfg.pretrain.items())
+    items = [(name, stage, seed) for name, stage in cfg.pretrain.items() for seed in stage_seeds(cfg, "pretrain")]
     with ThreadPoolExecutor(max(1, min(cfg.jobs, len(items) or 1))) as pool:
-        results = pool.map(lambda item: run_stage(cfg, "pretrain", item[0], item[1], log), items)
-        done.update({f"pretrain:{name}": ok for (name, _), ok in zip(items, results, strict=True)})
+        results = pool.map(lambda item: run_stage(cfg, "pretrain", *item[:2], log, item[2]), items)
+        for (name, _, seed), ok in zip(items, results, strict=True):
+            key = f"pretrain:{name}" + (f"/seed{seed}" if seed is not None else "")
+            done[key] = ok
     return done
-
-
-def resolved_inits(cfg: StudyConfig) -> StudyConfig:
-    """The config with stage references in `inits` replaced by the stages' folders."""
-    return dataclasses.replace(cfg, inits={k: resolve_reference(cfg, v) for k, v in cfg.inits.items()})
 
 
 def _read_json(path: Path) -> dict:
@@ -150,10 +159,12 @@ def stage_lines(cfg: StudyConfig) -> list[str]:
                   f"(shuffled labels {m['shuffled_baseline_harmonic_mean']:.3f})") if m else "not finished"
         lines.append(f"- pseudo-labels `{name}` ({stage.config}, {flatten(stage.overrides) or 'no overrides'}): {result}")
     for name, stage in cfg.pretrain.items():
-        folder = stage_dir(cfg, "pretrain", name)
-        m, s = _read_json(folder / "metrics.json"), _read_json(folder / "train_stats.json")
-        result = (f"{m['method']}, {m['steps']} steps in {s.get('train_seconds', 0) / 60:.1f} min "
-                  f"({s.get('train_samples_per_second')} img/s), final "
-                  + ", ".join(f"{k} {v:.3f}" for k, v in m["final_loss"].items())) if m else "not finished"
-        lines.append(f"- pretraining `{name}` ({stage.config}, {flatten(stage.overrides) or 'no overrides'}): {result}")
+        for seed in stage_seeds(cfg, "pretrain"):
+            folder = stage_dir(cfg, "pretrain", name, seed)
+            m, s = _read_json(folder / "metrics.json"), _read_json(folder / "train_stats.json")
+            result = (f"{m['method']}, {m['steps']} steps in {s.get('train_seconds', 0) / 60:.1f} min "
+                      f"({s.get('train_samples_per_second')} img/s), final "
+                      + ", ".join(f"{k} {v:.3f}" for k, v in m["final_loss"].items())) if m else "not finished"
+            run = f"`{name}`" + (f" seed {seed}" if seed is not None else "")
+            lines.append(f"- pretraining {run} ({stage.config}, {flatten(stage.overrides) or 'no overrides'}): {result}")
     return lines
