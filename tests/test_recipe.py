@@ -24,8 +24,10 @@ def test_balanced_weights_give_every_class_the_same_total_weight():
     counts = np.bincount(labels.ravel(), minlength=4)
     np.testing.assert_allclose((w.numpy() * counts)[counts > 0], [100 / 3] * 3, rtol=1e-6)
     assert w[2] == 0
-    sqrt = class_weights(labels, MULTI_CLASS, 4, "sqrt")
-    np.testing.assert_allclose(sqrt.numpy(), np.sqrt(w.numpy()), rtol=1e-6)
+    sqrt = class_weights(labels, MULTI_CLASS, 4, "sqrt").numpy()
+    np.testing.assert_allclose(sqrt / sqrt[0], np.sqrt(w.numpy() / w[0].item()), rtol=1e-6)
+    for weights in (w.numpy(), sqrt):  # mean 1 over the training labels
+        assert (weights * counts).sum() / counts.sum() == pytest.approx(1.0)
     assert class_weights(labels, MULTI_CLASS, 4, "none") is None
     with pytest.raises(ValueError, match="class_weights must be one of"):
         class_weights(labels, MULTI_CLASS, 4, "inverse")
@@ -37,7 +39,7 @@ def test_multi_label_weights_are_negatives_over_positives():
 
 
 @pytest.mark.parametrize("task,width", [(BINARY, 1), (ORDINAL, 3), (MULTI_CLASS, 4)])
-def test_weighted_loss_is_the_weighted_mean_of_per_sample_losses(task, width):
+def test_weighted_loss_is_the_batch_mean_of_weighted_per_sample_losses(task, width):
     torch.manual_seed(0)
     logits, target = torch.randn(12, width), torch.randint(0, 4 if task != BINARY else 2, (12, 1))
     weight = torch.tensor([0.5, 2.0, 1.0, 3.0])[: 2 if task == BINARY else 4]
@@ -49,7 +51,9 @@ def test_weighted_loss_is_the_weighted_mean_of_per_sample_losses(task, width):
         per = F.binary_cross_entropy_with_logits(logits, cumulative, reduction="none").mean(1)
     else:
         per = F.cross_entropy(logits, target.reshape(-1), reduction="none")
-    torch.testing.assert_close(task_loss(logits, target, task, weight), (per * w).sum() / w.sum())
+    torch.testing.assert_close(task_loss(logits, target, task, weight), (per * w).mean())
+    halves = [task_loss(logits[rows], target[rows], task, weight) for rows in (slice(0, 6), slice(6, 12))]
+    torch.testing.assert_close(sum(halves) / 2, task_loss(logits, target, task, weight))  # 2 processes = 1
     torch.testing.assert_close(task_loss(logits, target, task), per.mean())
 
 

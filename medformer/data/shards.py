@@ -208,6 +208,14 @@ class ShardDataset(Dataset):
             item["label"] = label if info.task == MULTI_LABEL else label[0].long()
         return item
 
+    def labels_by_dataset(self) -> dict[str, np.ndarray]:
+        """{dataset of origin: its rows' labels [n, L]} of a labeled shard set (for class weights)."""
+        if not self.labeled:
+            return {}
+        columns = self.table.select_columns(["dataset", "label"])
+        origins, labels = np.asarray(columns["dataset"]), np.asarray(columns["label"])
+        return {origin: labels[origins == origin] for origin in self.datasets}
+
     # the Arrow table re-opens (memory-mapped) in each worker instead of being pickled whole
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "table"}

@@ -2,7 +2,8 @@
 
 Weights are computed from the labels a run trains on (after its label fraction), never written
 per dataset: a class seen n_c times of N gets (N / (K n_c)) ** power, so power 1 ("balanced")
-gives every class the same total weight and power 0.5 ("sqrt") halves the imbalance in log scale.
+gives every class the same total weight and power 0.5 ("sqrt") halves the imbalance in log scale;
+then all are scaled so that their mean over the training labels is 1 (the loss keeps its scale).
 
 Weights alone also move the predictions towards the rare classes (balanced accuracy up, accuracy
 down). "balanced_prior" keeps the balanced gradients but not that shift: the loss reads the logits
@@ -42,6 +43,7 @@ def class_weights(labels: np.ndarray, task: str, n_classes: int, mode: str) -> t
     present = counts > 0
     weights = np.zeros(n_classes)
     weights[present] = (counts.sum() / (present.sum() * counts[present])) ** power
+    weights /= (weights * counts).sum() / counts.sum()
     return torch.tensor(weights, dtype=torch.float32)
 
 

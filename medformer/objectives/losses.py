@@ -30,8 +30,10 @@ def task_loss(
     """Loss of one task's logits: CE, BCE (binary, multi-label), cumulative-BCE (ordinal), CE + soft
     Dice (segmentation), or MSE in units of `target_scale` (regression: the training targets' sd).
 
-    `class_weight` ([K] per class; [L] positive weights for multi-label) weighs each sample by its
-    class; the mean is then over the batch's weights, as `F.cross_entropy(weight=...)` does.
+    `class_weight` ([K] per class, mean 1 over the training labels; [L] positive weights for
+    multi-label) weighs each sample by its class, and the loss is the batch mean of the weighted
+    terms. Not the mean over the batch's weights (`F.cross_entropy(weight=...)`): that normaliser
+    depends on the batch, so the mean of 2 processes' losses would not be the 1-process loss.
     """
     logits = logits.float()
     if task == SEGMENTATION:
@@ -43,9 +45,8 @@ def task_loss(
         return F.binary_cross_entropy_with_logits(logits, target.float(), pos_weight=pos_weight)
     labels = target.long().reshape(-1)
     if task == MULTI_CLASS:
-        weight = None if class_weight is None else class_weight.to(logits.device)
-        return F.cross_entropy(logits, labels, weight=weight)
-    if task == BINARY:
+        per_sample = F.cross_entropy(logits, labels, reduction="none")
+    elif task == BINARY:
         per_sample = F.binary_cross_entropy_with_logits(logits.reshape(-1), labels.float(), reduction="none")
     elif task == ORDINAL:
         k = torch.arange(logits.shape[1], device=logits.device)
@@ -55,5 +56,4 @@ def task_loss(
         raise ValueError(f"unknown task type {task!r}")
     if class_weight is None:
         return per_sample.mean()
-    w = class_weight.to(logits.device)[labels]
-    return (per_sample * w).sum() / w.sum().clamp_min(1e-12)
+    return (per_sample * class_weight.to(logits.device)[labels]).mean()

@@ -14,6 +14,7 @@ from ..data.derived import regression_stats
 from ..data.domains import DatasetInfo, dataset_info
 from ..data.loaders import augment_factory, eval_loaders, train_batches, train_dataset
 from ..data.samplers import DatasetBalancedSampler
+from ..data.shards import ShardDataset
 from ..data.transforms import eval_transform
 from ..data.transforms.batched import batch_train_transform
 from ..engine.trainer import (
@@ -81,17 +82,22 @@ def fit_batch_size(cfg: FinetuneConfig, n_train: int, num_processes: int) -> Non
 
 def train_class_weights(train_ds, mode: str) -> tuple[dict, dict]:
     """({task: class weights}, {task: logit offset of the loss}) from the labels of each training
-    dataset (MedMNIST parts only); offsets only for modes that keep the prior."""
+    dataset (MedMNIST parts and labeled shards); offsets only for modes that keep the prior."""
     weights, offsets = {}, {}
     for part in train_ds.datasets:
         base = part.base
-        info = getattr(base, "info", None)
-        if info is not None and hasattr(base, "labels"):
-            w = class_weights(base.labels, info.task, info.n_classes, mode)
+        if isinstance(base, ShardDataset):
+            labeled = [(dataset_info(flag), labels) for flag, labels in base.labels_by_dataset().items()]
+        elif getattr(base, "info", None) is not None and hasattr(base, "labels"):
+            labeled = [(base.info, base.labels)]
+        else:
+            labeled = []
+        for info, labels in labeled:
+            w = class_weights(labels, info.task, info.n_classes, mode)
             if w is not None:
                 weights[info.flag] = w
                 if mode in KEEPS_PRIOR:
-                    offsets[info.flag] = prior_offset(base.labels, info.task, info.n_classes, w)
+                    offsets[info.flag] = prior_offset(labels, info.task, info.n_classes, w)
     return weights, offsets
 
 
