@@ -61,7 +61,7 @@ class DomainBatchNorm(nn.Module):
     def pooled(self) -> tuple[Tensor, Tensor]:
         stats = [(s.running_mean, s.running_var, s.seen) for s in self.domains.values()]
         mean, var = pooled_statistics(stats, len(self.weight))
-        return mean.to(self.weight.device), var.to(self.weight.device)
+        return mean.to(self.weight), var.to(self.weight)
 
     def add_domain(self, name: str) -> None:
         if name not in self.domains:
@@ -101,14 +101,13 @@ class DomainBatchNorm(nn.Module):
         if len(names) == 1 and not (self.training and self.reduce is not None):
             return self._one_domain(x, names.pop())
         shape = (len(x), -1) + (1,) * (x.dim() - 2)
+        idx = self._index(domains, x.device)
         if self.training:
-            mean, var = self._batch_stats(x, domains)
-        else:
-            pooled = self.pooled() if not names <= set(self.domains) else None
-            pairs = [(self.domains[d].running_mean, self.domains[d].running_var) if d in self.domains else pooled
-                     for d in domains]
-            mean = torch.stack([m for m, _ in pairs]) if pairs else x.new_zeros(0, x.shape[1])
-            var = torch.stack([v for _, v in pairs]) if pairs else x.new_zeros(0, x.shape[1])
+            mean, var = self._batch_stats(x, idx)
+        else:  # row K of the stacked statistics: the pooled ones, for modalities without their own
+            pooled_mean, pooled_var = self.pooled()
+            mean = torch.stack([*(s.running_mean for s in self.domains.values()), pooled_mean])[idx]
+            var = torch.stack([*(s.running_var for s in self.domains.values()), pooled_var])[idx]
         y = (x - mean.reshape(shape)) * torch.rsqrt(var.reshape(shape) + self.eps)
         return y * self.weight.reshape(1, -1, *shape[2:]) + self.bias.reshape(1, -1, *shape[2:])
 
@@ -124,11 +123,15 @@ class DomainBatchNorm(nn.Module):
             mean, var = self.pooled()
         return F.batch_norm(x, mean, var, self.weight, self.bias, self.training, self.momentum, self.eps)
 
-    def _batch_stats(self, x: Tensor, domains: list[str]) -> tuple[Tensor, Tensor]:
+    def _index(self, domains: list[str], device: torch.device) -> Tensor:
+        """Each sample's position among the modalities (their number K for one without statistics)."""
+        position = {name: k for k, name in enumerate(self.domains)}
+        return torch.tensor([position.get(d, len(position)) for d in domains], device=device, dtype=torch.long)
+
+    def _batch_stats(self, x: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
         """Per-sample [N, C] mean and (biased) variance of its modality's part of the batch (of the
-        global batch, with `reduce`)."""
+        global batch, with `reduce`); `idx`: each sample's modality position."""
         names = list(self.domains.keys())
-        idx = torch.tensor([names.index(d) for d in domains], device=x.device, dtype=torch.long)
         spatial = list(range(2, x.dim()))
         per_pixel = math.prod(x.shape[2:])
         counts = torch.bincount(idx, minlength=len(names)).to(x.dtype) * per_pixel  # [K] values per channel

@@ -47,8 +47,12 @@ def _done_by_setting(rows: list[dict]) -> dict[Setting, dict[str, dict[int, dict
     return out
 
 
+def _test_aucs(cells: dict[int, dict]) -> list[float]:
+    return [v for v in (float(r["test_auc"]) for r in cells.values()) if not math.isnan(v)]
+
+
 def _mean_auc(cells: dict[int, dict]) -> float:
-    values = [float(r["test_auc"]) for r in cells.values() if not math.isnan(float(r["test_auc"]))]
+    values = _test_aucs(cells)
     return float(np.mean(values)) if values else math.nan
 
 
@@ -58,7 +62,7 @@ def welch_p(cells_a: dict[int, dict], cells_b: dict[int, dict]) -> float | None:
     paired bootstrap, which also uses every test image."""
     from scipy.stats import ttest_ind
 
-    a, b = ([v for v in (float(r["test_auc"]) for r in cells.values()) if not math.isnan(v)] for cells in (cells_a, cells_b))
+    a, b = _test_aucs(cells_a), _test_aucs(cells_b)
     if min(len(a), len(b)) < 2 or np.std(a) + np.std(b) == 0:
         return None
     return float(ttest_ind(a, b, equal_var=False).pvalue)
