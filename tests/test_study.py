@@ -263,6 +263,25 @@ def test_frozen_cells_score_the_encoder_with_the_cells_labeled_images(shared_roo
     assert mode in (out / "report.md").read_text()
 
 
+@pytest.mark.parametrize("isolation", ["workers", "subprocess"])
+def test_concurrent_frozen_cells_draw_each_seeds_own_random_encoder(shared_root, tmp_path, isolation):
+    """Two frozen cells at a time: each random-init encoder is its seed's draw, as when run alone (the
+    study's threads once shared torch's global RNG, so a cell's encoder depended on its neighbour's timing)."""
+    from medformer.config import ModelConfig
+    from medformer.eval.probe import run_probe
+
+    out = tmp_path / "study"
+    overrides = [f"data.root={shared_root}", f"output_dir={out}", "modes=[logreg]", "label_fractions=[1.0]",
+                 "seeds=[0,1,2,3]", "explain.enabled=false", f"isolation={isolation}", "jobs=2",
+                 "data.datasets=[breastmnist,retinamnist]"]
+    rows = run_study(load_config(StudyConfig, SMOKE, overrides))
+    assert len(rows) == 8 and all(r["status"] == "done" for r in rows)
+    for r in rows:
+        alone = run_probe("scratch", [r["dataset"]], root=str(shared_root), model_cfg=ModelConfig(overrides={"depth": 1}),
+                          methods=("linear",), max_train=64, seed=int(r["seed"]))[r["dataset"]]["linear"]
+        assert float(r["test_auc"]) == pytest.approx(alone["test"]["auc"]), r["cell_id"]
+
+
 @pytest.mark.parametrize("name,cells", [("full.yaml", 3780), ("full_imagenet_cnn.yaml", 1080)])
 def test_full_study_configs_load_and_enumerate_their_grid(name, cells):
     """The GPU-sized studies are valid configs (every key known, stages well-formed) with the grid the docs cost."""
@@ -285,3 +304,20 @@ def test_ssl_benchmark_study_config_covers_every_pretext_task_and_a_combination(
     assert {"mae", "rotation", "jigsaw", "inpainting", "vicreg_mae", "simclr", "vicreg"} == set(cfg.pretrain)
     assert all(stage.overrides["train.max_minutes"] == 3 for stage in cfg.pretrain.values())
     assert len(enumerate_cells(cfg)) == 8 * 4 * 2 * 3
+
+
+def test_ssl_seeds_study_config_pretrains_the_thesis_encoder_once_per_seed():
+    """configs/study/ssl_seeds.yaml (the committed SSL table's protocol): each method pretrains the
+    thesis encoder per seed for 15 minutes, and every seed's encoder is probed against that seed's random init."""
+    from medformer.study.cells import enumerate_cells
+    from medformer.study.stages import resolve_reference
+    from medformer.study.validate import validate
+
+    cfg = load_config(StudyConfig, REPO / "configs" / "study" / "ssl_seeds.yaml")
+    validate(cfg)
+    assert cfg.pretrain_per_seed and cfg.models == ["medformer_small_thesis"]
+    assert all(s.overrides["model.name"] == "medformer_small_thesis" and s.overrides["train.max_minutes"] == 15
+               for s in cfg.pretrain.values())
+    cells = enumerate_cells(cfg)
+    assert len(cells) == 3 * 4 * 2 * 2 and {c.mode for c in cells} == {"logreg", "knn"}
+    assert resolve_reference(cfg, "pretrain:simclr", 1).endswith("pretrain/simclr/seed1")

@@ -1,3 +1,3 @@
-"""The SSL benchmark behind docs/benchmarks.md, "Which pretraining?": pretraining per method under one
-CPU budget, probes and fine-tunes over seeds (`ssl`), and their summary over pretraining seeds
-(`ssl_seeds`). `scripts/bench_ssl.py` and `scripts/ssl_seeds.py` launch them."""
+"""Benchmarks that are not studies: how speed and memory scale (`scale`) and the CUDA path's numerics
+and throughput (`gpu`). `scripts/bench_scale.py` and `scripts/bench_gpu.py` launch them; the
+pretraining benchmarks are study configs (configs/study/ssl_benchmark.yaml, ssl_seeds.yaml)."""

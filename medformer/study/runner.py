@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -125,26 +126,36 @@ def run_subprocess(cfg: StudyConfig, overrides: list[str], directory: Path) -> s
     return None if rc == 0 else error_line(log.read_text())
 
 
-def run_inprocess(cfg: StudyConfig, overrides: list[str], directory: Path) -> str | None:
-    """run_finetune in this process (no import cost per cell; for tests and small CPU studies)."""
+@contextlib.contextmanager
+def cell_threads(cfg: StudyConfig):
+    """torch's thread count for one in-process cell (cfg.threads; restored after)."""
     threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
-        run_finetune(load_config(FinetuneConfig, cfg.base_config, overrides))
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run_inprocess(cfg: StudyConfig, overrides: list[str], directory: Path) -> str | None:
+    """run_finetune in this process (no import cost per cell; for tests and small CPU studies)."""
+    try:
+        with cell_threads(cfg):
+            run_finetune(load_config(FinetuneConfig, cfg.base_config, overrides))
     except UserError as e:
         return f"{ERROR_PREFIX} {e}"
     except Exception as e:  # noqa: BLE001 - a crashing cell is recorded, the study goes on
         return f"{type(e).__name__}: {e}"
     finally:
-        torch.set_num_threads(threads)
         AcceleratorState._reset_state(True)
         GradientState._reset_state()
     return None
 
 
-def run_in_worker(cfg: StudyConfig, overrides: list[str], directory: Path) -> str | None:
-    """run_inprocess in a worker process, its output (logging, warnings) in the cell's log.txt."""
+def run_in_worker(cfg: StudyConfig, overrides: list[str], directory: Path, frozen: str | None = None) -> str | None:
+    """run_inprocess, or run_frozen for a `frozen` mode, in a worker process, its output (logging,
+    warnings) in the cell's log.txt."""
     import logging
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -155,7 +166,7 @@ def run_in_worker(cfg: StudyConfig, overrides: list[str], directory: Path) -> st
         root.addHandler(handler)
         root.setLevel(logging.INFO)
         try:
-            return run_inprocess(cfg, overrides, directory)
+            return run_inprocess(cfg, overrides, directory) if frozen is None else run_frozen(cfg, overrides, directory, frozen)
         finally:
             root.removeHandler(handler)
 
@@ -163,17 +174,19 @@ def run_in_worker(cfg: StudyConfig, overrides: list[str], directory: Path) -> st
 def run_frozen(cfg: StudyConfig, overrides: list[str], directory: Path, method: str) -> str | None:
     """A frozen-encoder cell (`knn` or `logreg`), in this process: the classifier fitted on the
     cell's labeled train images (logreg: its L2 strength chosen on val), scored on val and test;
-    metrics.json and predictions/ like a fine-tune's (no training, no history)."""
+    metrics.json and predictions/ like a fine-tune's (no training, no history). Not thread-safe:
+    a random-init encoder is drawn from torch's global RNG."""
     try:
         fcfg = load_config(FinetuneConfig, cfg.base_config, overrides)
         if fcfg.init == "imagenet":
             raise ConfigError(f"{method} cells need init=scratch or a checkpoint, not imagenet")
         flag, t0 = fcfg.data.datasets[0], time.perf_counter()
-        result = run_probe(
-            fcfg.init, [flag], root=fcfg.data.root, model_cfg=fcfg.model if fcfg.init == "scratch" else None,
-            size=fcfg.data.size, methods=(PROBE_METHODS[method],), max_train=fcfg.data.max_train_samples,
-            label_fraction=fcfg.data.label_fraction, seed=fcfg.seed, keep_scores=True,
-        )
+        with cell_threads(cfg):
+            result = run_probe(
+                fcfg.init, [flag], root=fcfg.data.root, model_cfg=fcfg.model if fcfg.init == "scratch" else None,
+                size=fcfg.data.size, methods=(PROBE_METHODS[method],), max_train=fcfg.data.max_train_samples,
+                label_fraction=fcfg.data.label_fraction, seed=fcfg.seed, keep_scores=True,
+            )
     except UserError as e:
         return f"{ERROR_PREFIX} {e}"
     directory.mkdir(parents=True, exist_ok=True)
@@ -188,9 +201,10 @@ def run_frozen(cfg: StudyConfig, overrides: list[str], directory: Path, method: 
 
 
 def run_cell(
-    cfg: StudyConfig, cell: Cell, log: Callable[[str], None], train: Callable[[StudyConfig, list[str], Path], str | None]
+    cfg: StudyConfig, cell: Cell, log: Callable[[str], None], train: Callable[[StudyConfig, list[str], Path], str | None],
+    frozen: Callable[[StudyConfig, list[str], Path, str], str | None] = run_frozen,
 ) -> CellOutcome:
-    """Skip, resume or run one cell; record its status."""
+    """Skip, resume or run one cell (`train` a fine-tune, `frozen` a frozen-encoder cell); record its status."""
     directory = cell_dir(cfg, cell)
     if is_done(directory):
         log(f"skip {cell.id} (done)")
@@ -206,7 +220,7 @@ def run_cell(
     if error is None:
         log(f"{'resume' if resume else 'run'} {cell.id}")
         if cell.mode in FROZEN_MODES:
-            error = run_frozen(cfg, overrides, directory, cell.mode)
+            error = frozen(cfg, overrides, directory, cell.mode)
         else:
             error = train(cfg, overrides, directory)
         if error is None and not has_metrics(directory):
@@ -238,11 +252,23 @@ def run_cells(cfg: StudyConfig, cells: list[Cell], log: Callable[[str], None] | 
     if cfg.isolation == "inprocess":
         return [run_cell(cfg, c, log, run_inprocess) for c in cells]
     with contextlib.ExitStack() as stack:
-        train = run_subprocess
+        train, frozen = run_subprocess, serialized(run_frozen)
         if cfg.isolation == "workers":
             workers = stack.enter_context(ProcessPoolExecutor(
                 cfg.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=die_with_parent, initargs=(os.getpid(),)
             ))
             train = lambda *args: workers.submit(run_in_worker, *args).result()  # noqa: E731
+            frozen = train
         pool = stack.enter_context(ThreadPoolExecutor(cfg.jobs))
-        return list(pool.map(lambda c: run_cell(cfg, c, log, train), cells))
+        return list(pool.map(lambda c: run_cell(cfg, c, log, train, frozen), cells))
+
+
+def serialized(fn: Callable) -> Callable:
+    """`fn` one call at a time: the study's threads share torch's global RNG and thread count."""
+    lock = threading.Lock()
+
+    def call(*args):
+        with lock:
+            return fn(*args)
+
+    return call
