@@ -272,10 +272,9 @@ def test_concurrent_frozen_cells_draw_each_seeds_own_random_encoder(shared_root,
 
     out = tmp_path / "study"
     overrides = [f"data.root={shared_root}", f"output_dir={out}", "modes=[logreg]", "label_fractions=[1.0]",
-                 "seeds=[0,1,2,3]", "explain.enabled=false", f"isolation={isolation}", "jobs=2",
-                 "data.datasets=[breastmnist,retinamnist]"]
+                 "seeds=[0,1,2,3]", "explain.enabled=false", f"isolation={isolation}", "jobs=2"]
     rows = run_study(load_config(StudyConfig, SMOKE, overrides))
-    assert len(rows) == 8 and all(r["status"] == "done" for r in rows)
+    assert len(rows) == 4 and all(r["status"] == "done" for r in rows)
     for r in rows:
         alone = run_probe("scratch", [r["dataset"]], root=str(shared_root), model_cfg=ModelConfig(overrides={"depth": 1}),
                           methods=("linear",), max_train=64, seed=int(r["seed"]))[r["dataset"]]["linear"]

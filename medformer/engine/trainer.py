@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
-from accelerate.utils import ProjectConfiguration
+from accelerate.utils import ProjectConfiguration, gather_object
 from timm.utils import ModelEmaV3
 from torch import nn
 from tqdm.auto import tqdm
@@ -304,8 +304,6 @@ class Trainer:
         """Each logged loss averaged over the processes that have it (tasks may differ per rank)."""
         if self.acc.num_processes == 1:
             return logs
-        from accelerate.utils import gather_object
-
         everyone = gather_object([logs])
         keys = dict.fromkeys(k for entry in everyone for k in entry)
         return {k: sum(e[k] for e in everyone if k in e) / sum(k in e for e in everyone) for k in keys}

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from accelerate.utils import broadcast
 from scipy.optimize import linear_sum_assignment
 from torch.utils.data import ConcatDataset, Dataset
 
@@ -189,8 +190,6 @@ class Reclustering:
             log.info("re-clustered at epoch %d: %.1f%% of the labels changed", due, 100 * changed)
             labels.copy_(torch.as_tensor(new))
         if self.acc.num_processes > 1:
-            from accelerate.utils import broadcast
-
             labels = broadcast(labels, from_process=0)
         self.dataset.labels = labels.cpu().numpy()
         self.applied_epoch = due

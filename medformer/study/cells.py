@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from ..config import ConfigError
 from ..config.study import FROZEN_MODES, StudyConfig
 
@@ -65,8 +67,6 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 
 def format_value(value: Any) -> str:
     """A value as the override parser (YAML) reads it back unchanged."""
-    import yaml
-
     if isinstance(value, (list, dict)):
         return json.dumps(value)
     if value is None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import ttest_ind
 
 from ..data.domains import dataset_info
 from ..eval.compare import PairedResult, Ranking, friedman_nemenyi, paired_seed_bootstrap
@@ -58,10 +59,8 @@ def _mean_auc(cells: dict[int, dict]) -> float:
 
 def welch_p(cells_a: dict[int, dict], cells_b: dict[int, dict]) -> float | None:
     """Two-sided Welch t-test of the per-seed test AUCs (None under two seeds a side or no spread):
-    the comparison over pretraining and fine-tuning seeds of scripts/ssl_seeds.py, beside the
+    the comparison over pretraining and fine-tuning seeds of the retired SSL seed summary, beside the
     paired bootstrap, which also uses every test image."""
-    from scipy.stats import ttest_ind
-
     a, b = _test_aucs(cells_a), _test_aucs(cells_b)
     if min(len(a), len(b)) < 2 or np.std(a) + np.std(b) == 0:
         return None

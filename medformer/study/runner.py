@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import multiprocessing
 import os
 import shutil
@@ -156,8 +157,6 @@ def run_inprocess(cfg: StudyConfig, overrides: list[str], directory: Path) -> st
 def run_in_worker(cfg: StudyConfig, overrides: list[str], directory: Path, frozen: str | None = None) -> str | None:
     """run_inprocess, or run_frozen for a `frozen` mode, in a worker process, its output (logging,
     warnings) in the cell's log.txt."""
-    import logging
-
     directory.mkdir(parents=True, exist_ok=True)
     with open(directory / "log.txt", "w") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
         handler = logging.StreamHandler(fh)

@@ -18,6 +18,7 @@ skipped, an interrupted pretraining run resumes.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -144,8 +145,6 @@ def run_stages(cfg: StudyConfig, log: Callable[[str], None]) -> dict[str, bool]:
 
 
 def _read_json(path: Path) -> dict:
-    import json
-
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
