@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Callable
@@ -41,6 +42,5 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] not in commands:
         print(f"usage: medformer {{{','.join(commands)}}} --config FILE [key=value ...]", file=sys.stderr)
         return 2
-    import importlib
 
     return importlib.import_module(commands[argv[0]]).main(argv[1:])

@@ -32,6 +32,11 @@ from pathlib import Path
 
 import torch
 
+from ..config import ModelConfig
+from ..data.batch import make_inputs
+from ..data.domains import dataset_info
+from ..models.factory import create_model
+
 REPO = Path(__file__).resolve().parents[2]
 # (model, dim, size, batch sizes for the memory slope)
 CASES = [
@@ -49,11 +54,6 @@ GPU_BYTES = 80e9
 
 
 def _step_factory(model_name: str, dim: str, size: int, batch: int, checkpointing: bool):
-    from medformer.config import ModelConfig
-    from medformer.data.batch import make_inputs
-    from medformer.data.domains import dataset_info
-    from medformer.models.factory import create_model
-
     flag = "breastmnist" if dim == "2d" else "adrenalmnist3d"
     model = create_model(ModelConfig(name=model_name, grad_checkpointing=checkpointing), [dataset_info(flag)], size)
     model.train()
