@@ -1,3 +1,5 @@
-"""Benchmarks that are not studies: how speed and memory scale (`scale`) and the CUDA path's numerics
-and throughput (`gpu`). `scripts/bench_scale.py` and `scripts/bench_gpu.py` launch them; the
-pretraining benchmarks are study configs (configs/study/ssl_benchmark.yaml, ssl_seeds.yaml)."""
+"""Benchmarks, launched by thin scripts in scripts/: the backbone comparison, which runs
+configs/study/backbone.yaml through the study and adds the multi-task runs (`backbone`), train-step
+speed against the thesis architecture (`backbone_speed`), augmentation on the device (`augment`),
+scaling of speed and memory (`scale`), and the CUDA path (`gpu`). The pretraining benchmarks are
+study configs (configs/study/ssl_benchmark.yaml, ssl_seeds.yaml)."""
