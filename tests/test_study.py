@@ -320,3 +320,19 @@ def test_ssl_seeds_study_config_pretrains_the_thesis_encoder_once_per_seed():
     cells = enumerate_cells(cfg)
     assert len(cells) == 3 * 4 * 2 * 2 and {c.mode for c in cells} == {"logreg", "knn"}
     assert resolve_reference(cfg, "pretrain:simclr", 1).endswith("pretrain/simclr/seed1")
+
+
+def test_pseudolabel_benchmark_study_config_clusters_every_train_image_for_the_thesis_encoder():
+    """configs/study/pseudolabel_benchmark.yaml: the pool is every train image, the two pseudo-label
+    stages read it, and every stage pretrains the thesis encoder for the same 3 minutes."""
+    from medformer.study.cells import enumerate_cells
+    from medformer.study.validate import validate
+
+    cfg = load_config(StudyConfig, REPO / "configs" / "study" / "pseudolabel_benchmark.yaml")
+    validate(cfg)
+    assert cfg.pseudolabels["pool"].overrides["data.max_samples_per_dataset"] is None
+    assert {n for n, s in cfg.pretrain.items() if s.overrides.get("pseudolabel.labels") == "pseudolabels:pool"} == {
+        "pseudolabel", "vicreg_pseudolabel"}
+    assert all(s.overrides["model.name"] == "medformer_small_thesis" and s.overrides["train.max_minutes"] == 3
+               for s in cfg.pretrain.values())
+    assert len(enumerate_cells(cfg)) == 4 * 4 * 2
