@@ -25,6 +25,17 @@ from pathlib import Path
 
 import torch
 
+from ..config import DataConfig, ModelConfig, load_config
+from ..config.pretrain import PretrainConfig
+from ..data.bank import DeviceAugment, ImageBank
+from ..data.domains import dataset_info
+from ..data.loaders import train_dataset
+from ..data.transforms import ViewConfig, eval_transform
+from ..data.transforms.batched import batch_view_transform
+from ..models.build import build_model
+from ..objectives.ssl import build_ssl_objective
+from ..objectives.supervised import SupervisedObjective
+
 REPO = Path(__file__).resolve().parents[2]
 ROOT = REPO.parent / "shared" / "data" / "medmnist"
 SSL = ["simclr", "mocov2", "mocov3", "byol", "barlowtwins", "vicreg"]
@@ -48,15 +59,6 @@ def run_cli(case: str, path: str, steps: int, batch: int, out: Path) -> float:
 
 def model_only(case: str, steps: int, batch: int) -> float:
     """img/s of forward, backward and AdamW on one batch made once (no data loading, no augmentation)."""
-    from ..config import DataConfig, ModelConfig
-    from ..data.bank import DeviceAugment, ImageBank
-    from ..data.domains import dataset_info
-    from ..data.loaders import train_dataset
-    from ..data.transforms import ViewConfig, eval_transform
-    from ..data.transforms.batched import batch_view_transform
-    from ..models.build import build_model
-    from ..objectives.ssl import build_ssl_objective
-    from ..objectives.supervised import SupervisedObjective
 
     flag = FINETUNE.get(case, "pneumoniamnist")
     data = DataConfig(root=str(ROOT), datasets=[flag])
@@ -65,8 +67,6 @@ def model_only(case: str, steps: int, batch: int) -> float:
     if case in FINETUNE:
         objective, make = SupervisedObjective(model), DeviceAugment({"2d": None, "3d": None})
     else:
-        from ..config import load_config
-        from ..config.pretrain import PretrainConfig
 
         ssl_cfg = load_config(PretrainConfig, REPO / f"configs/pretrain/{case}_small.yaml").ssl
         objective = build_ssl_objective(case, model, ssl_cfg)
