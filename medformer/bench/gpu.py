@@ -22,12 +22,12 @@ import time
 from pathlib import Path
 
 import torch
-from accelerate.state import AcceleratorState, GradientState
 
 from ..config import FinetuneConfig, ModelConfig, load_config
 from ..config.pretrain import PretrainConfig
 from ..data.batch import make_inputs
 from ..data.domains import dataset_info
+from ..engine.trainer import reset_accelerate_state
 from ..io import write_json
 from ..models import attention as attention_module
 from ..models.factory import create_model
@@ -38,12 +38,6 @@ from ..runs.pretrain import run_pretrain
 REPO = Path(__file__).resolve().parents[2]
 DATASETS = ["pneumoniamnist", "breastmnist", "retinamnist", "adrenalmnist3d"]
 XOPS = attention_module.xops
-
-
-def reset_accelerate() -> None:
-    """Each run builds its own Accelerator; the singleton state must not leak between runs."""
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
 
 
 def pretrain_config(method: str, root: str, out: Path, extra: list[str]) -> PretrainConfig:
@@ -61,7 +55,7 @@ def finetune_scratch(root: str, out: Path, steps: int, batch: int = 128) -> dict
     ])
     t0 = time.perf_counter()
     test = run_finetune(cfg)["pneumoniamnist"]["test"]
-    reset_accelerate()
+    reset_accelerate_state()
     return {"auc": test["auc"], "acc": test["acc"], "steps": steps, "batch_size": batch,
             "wall_seconds": round(time.perf_counter() - t0, 1)}
 
@@ -127,7 +121,7 @@ def pretrain_throughput(method: str, root: str, steps: int, workers: int, xforme
         t0 = time.perf_counter()
         metrics = run_pretrain(cfg)
         wall = time.perf_counter() - t0
-        reset_accelerate()
+        reset_accelerate_state()
         stats = json.loads((Path(tmp) / "run" / "train_stats.json").read_text())
     attention_module.xops = XOPS
     return {"method": method, "xformers": xformers, "workers": workers, "batch_size": batch,

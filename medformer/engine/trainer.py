@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import ProjectConfiguration, gather_object
 from timm.utils import ModelEmaV3
 from torch import nn
@@ -52,6 +53,13 @@ def make_accelerator(train: TrainConfig, output_dir: str | Path, log: bool = Tru
         # multi-task batches may miss a task, leaving its head without gradient
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
+
+
+def reset_accelerate_state() -> None:
+    """Forget accelerate's process-wide singletons, so that the next run in this process builds its
+    own Accelerator (study cells in one process, benchmarks that run several trainings)."""
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
 
 
 def per_process_batch(train: TrainConfig, num_processes: int) -> int:

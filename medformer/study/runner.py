@@ -24,10 +24,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from accelerate.state import AcceleratorState, GradientState
 
 from ..config import ConfigError, FinetuneConfig, load_config
 from ..config.study import FROZEN_MODES, StudyConfig
+from ..engine.trainer import reset_accelerate_state
 from ..errors import UserError
 from ..eval.predictions import write_predictions
 from ..eval.probe import run_probe
@@ -149,13 +149,12 @@ def run_inprocess(cfg: StudyConfig, overrides: list[str], directory: Path) -> st
     except Exception as e:  # noqa: BLE001 - a crashing cell is recorded, the study goes on
         return f"{type(e).__name__}: {e}"
     finally:
-        AcceleratorState._reset_state(True)
-        GradientState._reset_state()
+        reset_accelerate_state()
     return None
 
 
-def run_in_worker(cfg: StudyConfig, overrides: list[str], directory: Path, frozen: str | None = None) -> str | None:
-    """run_inprocess, or run_frozen for a `frozen` mode, in a worker process, its output (logging,
+def run_in_worker(cfg: StudyConfig, overrides: list[str], directory: Path, frozen_mode: str | None = None) -> str | None:
+    """run_inprocess, or run_frozen for a `frozen_mode` cell, in a worker process, its output (logging,
     warnings) in the cell's log.txt."""
     directory.mkdir(parents=True, exist_ok=True)
     with open(directory / "log.txt", "w") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
@@ -165,7 +164,9 @@ def run_in_worker(cfg: StudyConfig, overrides: list[str], directory: Path, froze
         root.addHandler(handler)
         root.setLevel(logging.INFO)
         try:
-            return run_inprocess(cfg, overrides, directory) if frozen is None else run_frozen(cfg, overrides, directory, frozen)
+            if frozen_mode is None:
+                return run_inprocess(cfg, overrides, directory)
+            return run_frozen(cfg, overrides, directory, frozen_mode)
         finally:
             root.removeHandler(handler)
 
