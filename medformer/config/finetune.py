@@ -94,7 +94,9 @@ class TrainConfig:
     schedule_by: Literal["steps", "time"] = "steps"
     checkpoint_every: int = ranged(0, ge=0)  # extra checkpoint every N optimizer steps (0: epoch ends only)
     early_stopping: int = ranged(0, ge=0)  # patience in epochs on the val metric (0: off)
-    monitor: Monitor = "auc"  # val metric for best checkpoint and early stopping
+    # val metric for best checkpoint and early stopping; an epoch with val MCC <= 0 on some task (at chance
+    # level, e.g. all one class) is kept as best only while every epoch has been
+    monitor: Monitor = "auc"
     progress: bool = True
     eval_test: bool = True
     layer_decay: float = ranged(1.0, gt=0.0, le=1.0)  # Medformer layer-wise LR decay: block i of L gets lr * decay**(L - i)

@@ -151,6 +151,7 @@ class TrainerState:
     step: int = 0  # optimizer steps done
     best_metric: float = -math.inf
     best_epoch: int = -1
+    best_at_chance: bool = False  # the best epoch's val predictions had MCC <= 0 on some task
     epochs_without_improvement: int = 0
     samples_seen: int = 0
     train_seconds: float = 0.0
@@ -415,8 +416,9 @@ class Trainer:
             record["val"] = metrics
             record["val_score"] = score
             self.acc.log({f"val/{t}/{k}": v for t, m in metrics.items() for k, v in m.items()}, step=st.step)
-            if score > st.best_metric or st.best_epoch < 0:
-                st.best_metric, st.best_epoch = score, st.epoch
+            at_chance = at_chance_level(metrics)
+            if st.best_epoch < 0 or _improves(at_chance, score, st):
+                st.best_metric, st.best_epoch, st.best_at_chance = score, st.epoch, at_chance
                 st.epochs_without_improvement = 0
                 self.save_best()
             else:
@@ -456,6 +458,21 @@ class Trainer:
 
 # what a task without the monitored metric is scored by: segmentation, then regression (higher is better)
 OWN_SCORES = ("dice", "r2")
+
+
+def at_chance_level(metrics: dict[str, dict[str, float]]) -> bool:
+    """Whether some task's val predictions are no better than chance at the decision threshold (MCC
+    <= 0), as when every image is called the majority class."""
+    return any(m.get("mcc", 1.0) <= 0 for m in metrics.values())
+
+
+def _improves(at_chance: bool, score: float, st: TrainerState) -> bool:
+    """An epoch with MCC > 0 on every task beats one at chance level, whatever their monitored scores
+    (a best-val-AUC epoch that predicted one class let an AdrenalMNIST3D run end at the prior);
+    between two epochs alike, the monitored score decides."""
+    if at_chance != st.best_at_chance:
+        return not at_chance
+    return score > st.best_metric
 
 
 def monitored_value(metrics: dict[str, float], monitor: str) -> float:
