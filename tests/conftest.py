@@ -18,10 +18,9 @@ torch.set_num_threads(1)
 def fresh_accelerate_state():
     """In-process runs each build an Accelerator; its process-wide state must not leak."""
     yield
-    from accelerate.state import AcceleratorState, GradientState
+    from medformer.engine.trainer import reset_accelerate_state
 
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate_state()
 
 
 @pytest.fixture

@@ -7,32 +7,21 @@ import json
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 from torch.utils.data import DataLoader
+from toy_objective import Regression
 
 from medformer.config.finetune import TrainConfig
 from medformer.engine import trainer as trainer_module
 from medformer.engine.trainer import TrainerState
 
 
-class _Regression(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.model = torch.nn.Linear(4, 1)
-
-    def forward(self, batch):
-        return {"mse": torch.nn.functional.mse_loss(self.model(batch["x"]).squeeze(1), batch["y"])}
-
-
 def _kept_epoch(tmp_path, val_per_epoch: list[dict[str, dict[str, float]]]) -> int:
     """Run one epoch per entry of `val_per_epoch` (what `evaluate` reports then); the kept best epoch."""
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
     cfg = TrainConfig(epochs=len(val_per_epoch), batch_size=8, progress=False, eval_test=False)
     data = [{"x": torch.randn(4), "y": torch.randn(()), "index": torch.tensor(i)} for i in range(16)]
     scripted = iter(val_per_epoch)
     acc = trainer_module.make_accelerator(cfg, tmp_path, log=False)
-    trainer = trainer_module.Trainer(cfg, _Regression(), DataLoader(data, batch_size=8), tmp_path, acc,
+    trainer = trainer_module.Trainer(cfg, Regression(), DataLoader(data, batch_size=8), tmp_path, acc,
                                      evaluate=lambda model: next(scripted))
     trainer.fit()
     trainer.close()

@@ -7,6 +7,7 @@ import types
 
 import pytest
 import torch
+from toy_objective import Regression
 
 from medformer.config import TrainConfig
 from medformer.engine.trainer import build_optimizer
@@ -34,34 +35,21 @@ def test_cosine_warms_up_then_anneals_to_zero():
     assert lrs[-1] < 0.01
 
 
-class _Regression(torch.nn.Module):
-    """A one-layer objective: the Trainer's contract (forward(batch) -> named losses, `.model`)."""
-
-    def __init__(self):
-        super().__init__()
-        self.model = torch.nn.Linear(4, 1)
-
-    def forward(self, batch):
-        return {"mse": torch.nn.functional.mse_loss(self.model(batch["x"]).squeeze(1), batch["y"])}
-
-
 def _time_scheduled_run(tmp_path, monkeypatch, **train):
     """A Trainer run under a fake clock that advances one second per reading: (trainer, LR per step)."""
-    from accelerate.state import AcceleratorState, GradientState
     from torch.utils.data import DataLoader
 
     import medformer.engine.trainer as trainer_module
 
     ticks = iter(range(10**6))
     monkeypatch.setattr(trainer_module, "time", types.SimpleNamespace(perf_counter=lambda: float(next(ticks))))
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    trainer_module.reset_accelerate_state()  # called twice in one test
     cfg = TrainConfig(**{"lr": 1.0, "progress": False, "eval_test": False, **train})
     data = [{"x": torch.randn(4), "y": torch.randn(()), "index": torch.tensor(i)} for i in range(64)]
     loader = DataLoader(data, batch_size=8, shuffle=False)
     lrs = []
     acc = trainer_module.make_accelerator(cfg, tmp_path, log=False)
-    trainer = trainer_module.Trainer(cfg, _Regression(), loader, tmp_path, acc,
+    trainer = trainer_module.Trainer(cfg, Regression(), loader, tmp_path, acc,
                                      step_callback=lambda step, objective: lrs.append(trainer.scheduler.get_last_lr()[0]))
     trainer.fit()
     return trainer, lrs

@@ -59,7 +59,6 @@ def run_cli(case: str, path: str, steps: int, batch: int, out: Path) -> float:
 
 def model_only(case: str, steps: int, batch: int) -> float:
     """img/s of forward, backward and AdamW on one batch made once (no data loading, no augmentation)."""
-
     flag = FINETUNE.get(case, "pneumoniamnist")
     data = DataConfig(root=str(ROOT), datasets=[flag])
     bank = ImageBank(train_dataset(data, lambda dim: eval_transform(), 0), seed=0)
@@ -67,7 +66,6 @@ def model_only(case: str, steps: int, batch: int) -> float:
     if case in FINETUNE:
         objective, make = SupervisedObjective(model), DeviceAugment({"2d": None, "3d": None})
     else:
-
         ssl_cfg = load_config(PretrainConfig, REPO / f"configs/pretrain/{case}_small.yaml").ssl
         objective = build_ssl_objective(case, model, ssl_cfg)
         dim = dataset_info(flag).dim
