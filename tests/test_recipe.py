@@ -4,6 +4,7 @@ training set's size, EMA weights (evaluated, kept, resumed), and their config ch
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -58,8 +59,8 @@ def test_weighted_loss_is_the_batch_mean_of_weighted_per_sample_losses(task, wid
 
 
 def test_auto_epochs_follow_the_training_set_size():
-    for n, epochs in ((546, 74), (4708, 9), (40_000, 1), (80_000, 1)):
-        train = TrainConfig(epochs="auto", auto_samples=40_000)
+    for n, epochs in ((546, 147), (4708, 17), (80_000, 1), (160_000, 1)):
+        train = TrainConfig(epochs="auto", auto_samples=80_000)
         resolve_epochs(train, n)
         assert train.epochs == epochs, n
     four = TrainConfig(epochs="auto", auto_samples=40_000)
@@ -75,8 +76,10 @@ def test_overriding_one_train_key_keeps_the_recipe():
     TrainConfig's defaults: FinetuneConfig's recipe stays."""
     cfg = load_config(FinetuneConfig, None, ["train.max_minutes=10"])
     recipe = FinetuneConfig().train
-    assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.lr, cfg.train.ema) == (
-        recipe.epochs, recipe.batch_size, recipe.lr, recipe.ema) == ("auto", 32, 5e-4, 0.999)
+    keys = ("epochs", "auto_samples", "batch_size", "lr", "ema")
+    assert [getattr(cfg.train, k) for k in keys] == [getattr(recipe, k) for k in keys] == ["auto", 80_000, 32, 5e-4, 0.999]
+    yaml = load_config(FinetuneConfig, Path(__file__).parents[1] / "configs/finetune/pneumoniamnist_small.yaml", [])
+    assert [getattr(yaml.train, k) for k in keys] == [getattr(recipe, k) for k in keys]  # the config users copy
     assert cfg.train.max_minutes == 10
     assert load_config(FinetuneConfig, None, ["train.lr=0.01"]).train.ema == 0.999
 

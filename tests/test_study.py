@@ -84,7 +84,7 @@ def test_tiny_study_end_to_end_resumes_and_records_failures(shared_root, tmp_pat
         assert abs(evaluator.evaluate(scores.squeeze()).AUC - metrics["auc"]) < 1e-9
     for text in ("## Recommendation", "against the runner-up", "## Ranking across datasets and label fractions",
                  "sign test", "Paired comparisons on every test image", "detectable Δ (80% power)", "Power: ",
-                 "against ResNet-18 (28)'s published 0.901: **below by", "against the default recipe's 40000",
+                 "against ResNet-18 (28)'s published 0.901: **below by", "against the default recipe's 80000",
                  "RadiologyNET-style"):
         assert text in report, text
     assert (out / "plots" / "critical_difference_medformer_small_full.png").stat().st_size > 1000

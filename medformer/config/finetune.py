@@ -107,8 +107,8 @@ class TrainConfig:
 
 def finetune_recipe() -> TrainConfig:
     """The default fine-tuning recipe, one for every dataset (docs/benchmarks.md, "Which backbone"):
-    about 40k training samples, batch 32, AdamW 5e-4, EMA weights, the best-val epoch tested."""
-    return TrainConfig(epochs="auto", batch_size=32, lr=5e-4, ema=0.999)
+    about 80k training samples, batch 32, AdamW 5e-4, EMA weights, the best-val epoch tested."""
+    return TrainConfig(epochs="auto", auto_samples=80_000, batch_size=32, lr=5e-4, ema=0.999)
 
 
 @dataclass

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import finetune_recipe
 from ..data.domains import REGRESSION, SEGMENTATION, dataset_info
 from ..eval.compare import Ranking
 from ..eval.stats import kruskal_wallis, min_attainable_p, pairwise_mann_whitney
@@ -190,7 +191,7 @@ def ranking_section(rankings: dict[tuple[str, str], Ranking], figures: dict[tupl
     return out
 
 
-RECIPE_SAMPLES = 40_000  # the default fine-tuning recipe's training samples (train.auto_samples)
+RECIPE_SAMPLES = finetune_recipe().auto_samples  # the default fine-tuning recipe's training samples
 
 
 def reference_check(rows: list[dict], published: list[dict], init: str = "scratch") -> list[str]:
