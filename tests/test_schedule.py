@@ -13,7 +13,7 @@ from medformer.config import TrainConfig
 from medformer.engine.trainer import build_optimizer
 
 
-@pytest.mark.parametrize("schedule", ["onecycle", "cosine", "constant"])
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine", "constant", "multistep"])
 def test_every_short_run_length_and_warmup_works(schedule):
     for total in range(1, 12):
         for warmup in range(total + 1):
@@ -33,6 +33,17 @@ def test_cosine_warms_up_then_anneals_to_zero():
     assert lrs[0] < lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[10:-1], lrs[11:], strict=True))
     assert lrs[-1] < 0.01
+
+
+def test_multistep_divides_by_ten_at_half_and_three_quarters_as_medmnist_does():
+    opt, sched = build_optimizer(torch.nn.Linear(2, 2), TrainConfig(schedule="multistep", lr=1.0), 100, 0)
+    lrs = []
+    for _ in range(100):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert lrs[:50] == [1.0] * 50
+    assert lrs[50:75] == pytest.approx([0.1] * 25) and lrs[75:] == pytest.approx([0.01] * 25)
 
 
 def _time_scheduled_run(tmp_path, monkeypatch, **train):

@@ -81,7 +81,7 @@ class TrainConfig:
     global_batch_size: int | None = ranged(None, ge=1)
     lr: float = ranged(1e-3, gt=0.0)
     weight_decay: float = ranged(0.05, ge=0.0)
-    schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
+    schedule: Literal["cosine", "onecycle", "constant", "multistep"] = "cosine"  # multistep: x0.1 at 50% and 75%
     warmup_epochs: float = ranged(1.0, ge=0.0)
     grad_accum: int = ranged(1, ge=1)
     grad_clip: float = ranged(1.0, ge=0.0)  # max gradient norm (0: off)

@@ -76,8 +76,8 @@ def per_process_batch(train: TrainConfig, num_processes: int) -> int:
 
 def check_train_config(train: TrainConfig) -> None:
     """Reject schedule settings that cannot work (called before a run writes anything)."""
-    if train.schedule not in ("cosine", "onecycle", "constant"):
-        raise ConfigError(f"train.schedule must be cosine, onecycle or constant, got {train.schedule!r}")
+    if train.schedule not in ("cosine", "onecycle", "constant", "multistep"):
+        raise ConfigError(f"train.schedule must be cosine, onecycle, constant or multistep, got {train.schedule!r}")
     if train.schedule_by not in ("steps", "time"):
         raise ConfigError(f"train.schedule_by must be steps or time, got {train.schedule_by!r}")
     if train.schedule_by == "time" and train.max_minutes is None:
@@ -91,7 +91,8 @@ def resolve_epochs(train: TrainConfig, n_train: int, n_datasets: int = 1) -> Non
 
 
 def lr_lambda(schedule: str, total_steps: int, warmup_steps: int) -> Callable[[int], float]:
-    """Multiplier of the base LR at each optimizer step: linear warmup, then cosine or flat."""
+    """Multiplier of the base LR at each optimizer step: linear warmup, then cosine, flat, or
+    multistep (x0.1 at 50% and again at 75% of the steps after warmup, MedMNIST's protocol)."""
 
     def fn(step: int) -> float:
         if warmup_steps and step < warmup_steps:
@@ -99,6 +100,8 @@ def lr_lambda(schedule: str, total_steps: int, warmup_steps: int) -> Callable[[i
         if schedule == "constant":
             return 1.0
         progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        if schedule == "multistep":
+            return 0.1 ** ((progress >= 0.5) + (progress >= 0.75))
         return 0.5 * (1 + math.cos(math.pi * progress))
 
     return fn
