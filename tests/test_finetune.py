@@ -159,7 +159,7 @@ def test_two_processes_equal_one_process(shared_root, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one, two = tmp_path / "one", tmp_path / "two"
     subprocess.run(_cli([sys.executable, "-m", "finetune", *args, "train.batch_size=32"], one), check=True, env=env, capture_output=True)
-    subprocess.run(_cli([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "finetune",
+    subprocess.run(_cli([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "finetune",
                          *args, "train.batch_size=16"], two), check=True, env=env, capture_output=True)
     assert json.loads((two / "train_stats.json").read_text())["num_processes"] == 2
     assert max_weight_diff(one / "checkpoints/last/model.safetensors", two / "checkpoints/last/model.safetensors",
