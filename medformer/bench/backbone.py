@@ -1,12 +1,14 @@
 """Benchmark: which backbone? Runs the study configs/study/backbone.yaml in three stages: the new
 default (medformer_small) on all four datasets at --seeds, then the other backbones on the 2D
 datasets and on AdrenalMNIST3D (no ViT there) at --baseline-seeds, then optionally the multi-task
-run of all four datasets. Writes the side-by-side table (AUC, ACC, balanced accuracy, MCC, img/s,
+run of all four datasets, and optionally ResNet-18 (28) under MedMNIST v2's own protocol on
+BreastMNIST (configs/finetune/medmnist_protocol_resnet18.yaml, about 45 minutes a seed). Writes the side-by-side table (AUC, ACC, balanced accuracy, MCC, img/s,
 peak memory, published numbers) to docs/results/backbone_benchmark.{json,md}.
 
     python scripts/bench_backbone.py                     # the whole benchmark (about 3 h on 2 cores)
     python scripts/bench_backbone.py --baseline-seeds 0 --multitask-seeds   # about 100 min
     python scripts/bench_backbone.py --report-only       # tables from finished cells
+    python scripts/bench_backbone.py --seeds --baseline-seeds --multitask-seeds --medmnist-protocol-seeds 0 1 2
     python scripts/bench_backbone.py --seeds --baseline-seeds --size64-root DIR [--size64-no-md5]
         # medformer_small at data.size=64 on each {flag}_64.npz in DIR (10 minutes each, time schedule)
 
@@ -35,6 +37,7 @@ REPO = Path(__file__).resolve().parents[2]
 STUDY = REPO / "configs" / "study" / "backbone.yaml"
 MULTITASK = REPO / "configs" / "finetune" / "multitask_shared4_small.yaml"
 SINGLE = REPO / "configs" / "finetune" / "pneumoniamnist_small.yaml"
+PROTOCOL = REPO / "configs" / "finetune" / "medmnist_protocol_resnet18.yaml"
 BASELINES = REPO.parent / "shared" / "reference" / "published_baselines.csv"
 DATASETS_2D = ["pneumoniamnist", "breastmnist", "retinamnist"]
 BASELINES_2D = ["medformer_small_thesis", "vit_medformer_body", "resnet18_28"]
@@ -44,7 +47,8 @@ METRICS = ("auc", "acc", "balanced_acc", "mcc")
 LABELS = {"medformer_small": "medformer_small (new default)", "medformer_small_thesis": "medformer_small_thesis",
           "medformer_small_conv3d": "medformer_small_conv3d (conv stem in 3D too)",
           "medformer_small_stem2": "medformer_small_stem2 (previous default: two stride-2 stem convs)",
-          "vit_medformer_body": "plain ViT, same body (timm)", "resnet18_28": "ResNet-18 (28 px stem; R3D-18 for 3D)"}
+          "vit_medformer_body": "plain ViT, same body (timm)", "resnet18_28": "ResNet-18 (28 px stem; R3D-18 for 3D)",
+          "medmnist_protocol": "ResNet-18 (28), MedMNIST's protocol (100 epochs, Adam, batch 128, no augmentation)"}
 
 
 def run(cmd: list[str]) -> None:
@@ -52,17 +56,18 @@ def run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True, cwd=REPO)
 
 
-def run_multitask(seeds: list[int], out: Path) -> None:
-    """The multi-task config at each seed, two 1-thread runs at a time; finished runs are skipped."""
+def run_seeds(config: Path, seeds: list[int], out: Path, name: str) -> None:
+    """A fine-tune config at each seed into out/{name}_seed{s}, two 1-thread runs at a time; finished
+    runs are skipped."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    todo = [s for s in seeds if not (out / f"multitask_seed{s}" / "metrics.json").is_file()]
+    todo = [s for s in seeds if not (out / f"{name}_seed{s}" / "metrics.json").is_file()]
     for pair in (todo[i:i + 2] for i in range(0, len(todo), 2)):
-        procs = [subprocess.Popen([sys.executable, "-m", "finetune", "--config", str(MULTITASK),
+        procs = [subprocess.Popen([sys.executable, "-m", "finetune", "--config", str(config),
                                    "data.root=../shared/data/medmnist", f"seed={s}", "train.progress=false",
-                                   f"output_dir={out / f'multitask_seed{s}'}"], cwd=REPO, env=env) for s in pair]
+                                   f"output_dir={out / f'{name}_seed{s}'}"], cwd=REPO, env=env) for s in pair]
         for proc in procs:
             if proc.wait():
-                raise SystemExit(f"multi-task run failed (exit {proc.returncode}): {' '.join(proc.args)}")
+                raise SystemExit(f"{name} run failed (exit {proc.returncode}): {' '.join(proc.args)}")
 
 
 def run_size64(root: Path, verify_md5: bool, out: Path) -> None:
@@ -102,9 +107,10 @@ def cell_records(study_dir: Path) -> list[dict]:
     return records
 
 
-def multitask_records(out: Path) -> list[dict]:
-    return [r for d in sorted(out.glob("multitask_seed*"))
-            for r in run_records(d, "medformer_small, multi-task (all four)", int(d.name.removeprefix("multitask_seed")))]
+def seed_records(out: Path, name: str, model: str) -> list[dict]:
+    """The records of run_seeds(..., out, name) runs, under the row name `model`."""
+    return [r for d in sorted(out.glob(f"{name}_seed*"))
+            for r in run_records(d, model, int(d.name.removeprefix(f"{name}_seed")))]
 
 
 def size64_records(out: Path) -> list[dict]:
@@ -170,6 +176,8 @@ def main() -> None:
     p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2], help="seeds of medformer_small")
     p.add_argument("--baseline-seeds", nargs="*", type=int, default=[0, 1, 2], help="none: skip the other backbones")
     p.add_argument("--multitask-seeds", nargs="*", type=int, default=[0], help="none: skip the multi-task run")
+    p.add_argument("--medmnist-protocol-seeds", nargs="*", type=int, default=[],
+                   help="ResNet-18 (28) under MedMNIST's protocol on BreastMNIST at these seeds (none by default)")
     p.add_argument("--size64-root", type=Path, help="folder of {flag}_64.npz files to train at 64 px / 64³")
     p.add_argument("--size64-no-md5", action="store_true", help="files that are not the official ones")
     p.add_argument("--report-only", action="store_true")
@@ -191,10 +199,13 @@ def main() -> None:
                 run([sys.executable, "-m", "medformer.study", "--config", str(STUDY), f"output_dir={out / name}",
                      f"data.datasets={listed(datasets)}", f"models={listed(models)}", f"seeds={listed(seeds)}",
                      f"model_finetune={own}"])
-        run_multitask(a.multitask_seeds, out)
+        run_seeds(MULTITASK, a.multitask_seeds, out, "multitask")
+        run_seeds(PROTOCOL, a.medmnist_protocol_seeds, out, "medmnist_protocol")
         if a.size64_root:
             run_size64(a.size64_root, not a.size64_no_md5, out)
-    records = [r for name in stages for r in cell_records(out / name)] + multitask_records(out) + size64_records(out)
+    records = [*(r for name in stages for r in cell_records(out / name)),
+               *seed_records(out, "multitask", "medformer_small, multi-task (all four)"),
+               *seed_records(out, "medmnist_protocol", "medmnist_protocol"), *size64_records(out)]
     if not a.fresh:
         records = with_previous(records, Path(a.results + ".json"))
     rows = summarize(records)
