@@ -2,8 +2,9 @@
 default (medformer_small) on all four datasets at --seeds, then the other backbones on the 2D
 datasets and on AdrenalMNIST3D (no ViT there) at --baseline-seeds, then optionally the multi-task
 run of all four datasets, and optionally ResNet-18 (28) under MedMNIST v2's own protocol on
-BreastMNIST (configs/finetune/medmnist_protocol_resnet18.yaml, about 45 minutes a seed). Writes the side-by-side table (AUC, ACC, balanced accuracy, MCC, img/s,
-peak memory, published numbers) to docs/results/backbone_benchmark.{json,md}.
+BreastMNIST (configs/finetune/medmnist_protocol_resnet18.yaml, about 45 minutes a seed). Writes the
+side-by-side table (AUC, ACC, balanced accuracy, MCC, img/s, peak memory, published numbers) to
+docs/results/backbone_benchmark.{json,md}.
 
     python scripts/bench_backbone.py                     # the whole benchmark (about 3 h on 2 cores)
     python scripts/bench_backbone.py --baseline-seeds 0 --multitask-seeds   # about 100 min
