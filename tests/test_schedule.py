@@ -23,25 +23,26 @@ def test_every_short_run_length_and_warmup_works(schedule):
                 sched.step()
 
 
-def test_cosine_warms_up_then_anneals_to_zero():
-    opt, sched = build_optimizer(torch.nn.Linear(2, 2), TrainConfig(schedule="cosine", lr=1.0), 100, 10)
+def _lr_per_step(schedule: str, total: int, warmup: int) -> list[float]:
+    """The LR of each of `total` optimizer steps at base LR 1."""
+    opt, sched = build_optimizer(torch.nn.Linear(2, 2), TrainConfig(schedule=schedule, lr=1.0), total, warmup)
     lrs = []
-    for _ in range(100):
+    for _ in range(total):
         lrs.append(sched.get_last_lr()[0])
         opt.step()
         sched.step()
+    return lrs
+
+
+def test_cosine_warms_up_then_anneals_to_zero():
+    lrs = _lr_per_step("cosine", 100, 10)
     assert lrs[0] < lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[10:-1], lrs[11:], strict=True))
     assert lrs[-1] < 0.01
 
 
 def test_multistep_divides_by_ten_at_half_and_three_quarters_as_medmnist_does():
-    opt, sched = build_optimizer(torch.nn.Linear(2, 2), TrainConfig(schedule="multistep", lr=1.0), 100, 0)
-    lrs = []
-    for _ in range(100):
-        lrs.append(sched.get_last_lr()[0])
-        opt.step()
-        sched.step()
+    lrs = _lr_per_step("multistep", 100, 0)
     assert lrs[:50] == [1.0] * 50
     assert lrs[50:75] == pytest.approx([0.1] * 25) and lrs[75:] == pytest.approx([0.01] * 25)
 

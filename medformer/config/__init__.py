@@ -8,6 +8,7 @@ from .finetune import (
     FinetuneConfig,
     ModelConfig,
     Monitor,
+    Schedule,
     TrainConfig,
     finetune_recipe,
 )
@@ -27,7 +28,7 @@ from .shards import ShardsConfig
 from .study import StudyConfig
 
 __all__ = [
-    "PROBABILITY", "AugmentConfig", "ConfigError", "DataConfig", "FinetuneConfig", "ModelConfig", "Monitor",
+    "PROBABILITY", "AugmentConfig", "ConfigError", "DataConfig", "FinetuneConfig", "ModelConfig", "Monitor", "Schedule",
     "PretrainConfig", "PseudoLabelConfig", "Range", "ShardsConfig", "StudyConfig", "TrainConfig", "finetune_recipe", "load_config",
     "parse_override", "ranged", "save_config", "to_dict",
 ]

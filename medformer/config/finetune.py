@@ -11,6 +11,8 @@ from .loader import PROBABILITY, ranged
 # val metrics of medformer.eval.metrics.medmnist_metrics, of segmentation (dice, iou) and regression
 # (r2; a task without the monitored metric is scored by its own: dice, else r2); loss: pretraining
 Monitor = Literal["auc", "acc", "f1", "balanced_acc", "mcc", "dice", "iou", "r2", "loss"]
+# LR schedule after the warmup; multistep: x0.1 at 50% and 75% of the steps (MedMNIST's protocol)
+Schedule = Literal["cosine", "onecycle", "constant", "multistep"]
 
 
 @dataclass
@@ -81,7 +83,7 @@ class TrainConfig:
     global_batch_size: int | None = ranged(None, ge=1)
     lr: float = ranged(1e-3, gt=0.0)
     weight_decay: float = ranged(0.05, ge=0.0)
-    schedule: Literal["cosine", "onecycle", "constant", "multistep"] = "cosine"  # multistep: x0.1 at 50% and 75%
+    schedule: Schedule = "cosine"
     warmup_epochs: float = ranged(1.0, ge=0.0)
     grad_accum: int = ranged(1, ge=1)
     grad_clip: float = ranged(1.0, ge=0.0)  # max gradient norm (0: off)

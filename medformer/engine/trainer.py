@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import get_args
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
@@ -23,7 +24,7 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..config import ConfigError, TrainConfig
+from ..config import ConfigError, Schedule, TrainConfig
 from ..errors import UserError
 from ..models.weights import CheckpointError, load_weights, save_weights
 from .checkpoint import swap_dir
@@ -76,8 +77,8 @@ def per_process_batch(train: TrainConfig, num_processes: int) -> int:
 
 def check_train_config(train: TrainConfig) -> None:
     """Reject schedule settings that cannot work (called before a run writes anything)."""
-    if train.schedule not in ("cosine", "onecycle", "constant", "multistep"):
-        raise ConfigError(f"train.schedule must be cosine, onecycle, constant or multistep, got {train.schedule!r}")
+    if train.schedule not in get_args(Schedule):
+        raise ConfigError(f"train.schedule must be one of {', '.join(get_args(Schedule))}, got {train.schedule!r}")
     if train.schedule_by not in ("steps", "time"):
         raise ConfigError(f"train.schedule_by must be steps or time, got {train.schedule_by!r}")
     if train.schedule_by == "time" and train.max_minutes is None:
