@@ -1,5 +1,6 @@
 """Which epoch a run keeps as best: the monitored val score, but never an epoch whose predictions are at
-chance level (MCC <= 0, e.g. every image called the majority class) over one that is not."""
+chance level (MCC <= 0, e.g. every image called the majority class) over one that is not; or, with
+train.select=last, the final epoch."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ from medformer.engine import trainer as trainer_module
 from medformer.engine.trainer import TrainerState
 
 
-def _kept_epoch(tmp_path, val_per_epoch: list[dict[str, dict[str, float]]]) -> int:
-    """Run one epoch per entry of `val_per_epoch` (what `evaluate` reports then); the kept best epoch."""
-    cfg = TrainConfig(epochs=len(val_per_epoch), batch_size=8, progress=False, eval_test=False)
+def _kept_epoch(tmp_path, val_per_epoch: list[dict[str, dict[str, float]]], select: str = "best_val") -> int:
+    """Run one epoch per entry of `val_per_epoch` (what `evaluate` reports then); the epoch kept and tested."""
+    cfg = TrainConfig(epochs=len(val_per_epoch), batch_size=8, progress=False, eval_test=False, select=select)
     data = [{"x": torch.randn(4), "y": torch.randn(()), "index": torch.tensor(i)} for i in range(16)]
     scripted = iter(val_per_epoch)
     acc = trainer_module.make_accelerator(cfg, tmp_path, log=False)
@@ -25,7 +26,7 @@ def _kept_epoch(tmp_path, val_per_epoch: list[dict[str, dict[str, float]]]) -> i
                                      evaluate=lambda model: next(scripted))
     trainer.fit()
     trainer.close()
-    return trainer.state.best_epoch
+    return trainer.stats()["tested_epoch"]
 
 
 def _val(auc: float, mcc: float) -> dict[str, dict[str, float]]:
@@ -46,6 +47,13 @@ def _val(auc: float, mcc: float) -> dict[str, dict[str, float]]:
 )
 def test_an_epoch_at_chance_level_is_never_kept_over_one_that_is_not(tmp_path, epochs, kept):
     assert _kept_epoch(tmp_path, epochs) == kept
+
+
+def test_select_last_keeps_the_final_epoch_whatever_val_says(tmp_path):
+    epochs = [_val(0.80, 0.4), _val(0.90, 0.5), _val(0.70, 0.0)]
+    assert _kept_epoch(tmp_path / "best", epochs) == 1
+    assert _kept_epoch(tmp_path / "last", epochs, select="last") == 2
+    assert _kept_epoch(tmp_path / "one", epochs[:1], select="last") == 0
 
 
 def test_a_task_at_chance_level_marks_the_whole_epoch(tmp_path):

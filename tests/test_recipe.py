@@ -76,8 +76,8 @@ def test_overriding_one_train_key_keeps_the_recipe():
     TrainConfig's defaults: FinetuneConfig's recipe stays."""
     cfg = load_config(FinetuneConfig, None, ["train.max_minutes=10"])
     recipe = FinetuneConfig().train
-    keys = ("epochs", "auto_samples", "batch_size", "lr", "ema")
-    assert [getattr(cfg.train, k) for k in keys] == [getattr(recipe, k) for k in keys] == ["auto", 80_000, 32, 5e-4, 0.999]
+    keys = ("epochs", "auto_samples", "batch_size", "lr", "ema", "select")
+    assert [getattr(cfg.train, k) for k in keys] == [getattr(recipe, k) for k in keys] == ["auto", 80_000, 32, 5e-4, 0.999, "last"]
     yaml = load_config(FinetuneConfig, Path(__file__).parents[1] / "configs/finetune/pneumoniamnist_small.yaml", [])
     assert [getattr(yaml.train, k) for k in keys] == [getattr(recipe, k) for k in keys]  # the config users copy
     assert cfg.train.max_minutes == 10
@@ -86,11 +86,12 @@ def test_overriding_one_train_key_keeps_the_recipe():
 
 def test_medmnist_protocol_config_is_medmnists_resnet18_recipe():
     """configs/finetune/medmnist_protocol_resnet18.yaml: 100 epochs of Adam 1e-3 at batch 128, /10 at
-    epochs 50 and 75 (test_schedule), no augmentation, no EMA or class weights (MedMNIST v2's script)."""
+    epochs 50 and 75 (test_schedule), no augmentation, no EMA or class weights, the best-val epoch tested
+    (MedMNIST v2's script)."""
     cfg = load_config(FinetuneConfig, Path(__file__).parents[1] / "configs/finetune/medmnist_protocol_resnet18.yaml", [])
     train = cfg.train
     assert (cfg.model.name, train.epochs, train.batch_size, train.lr, train.weight_decay) == ("resnet18_28", 100, 128, 1e-3, 0)
-    assert (train.schedule, train.warmup_epochs, train.grad_clip, train.ema) == ("multistep", 0, 0, 0)
+    assert (train.schedule, train.warmup_epochs, train.grad_clip, train.ema, train.select) == ("multistep", 0, 0, 0, "best_val")
     assert not cfg.augment.enabled and cfg.class_weights == "none"
 
 
@@ -188,3 +189,18 @@ def test_ema_weights_are_evaluated_kept_and_resumed(shared_root, tmp_path, monke
     raw = {k.removeprefix("model."): v for k, v in load_file(str(full / last / "model.safetensors")).items()}
     ema = load_file(str(full / last / "ema.safetensors"))
     assert ema.keys() == raw.keys() and any(not torch.equal(ema[k], raw[k]) for k in ema)
+
+
+def test_select_last_tests_the_final_ema_weights(shared_root, tmp_path, monkeypatch):
+    """train.select=last: the weights kept as best.safetensors (and tested) are the last epoch's EMA,
+    even when val says every later epoch is worse than the first."""
+    from medformer.engine import trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "_improves", lambda *args: False)
+    out = tmp_path / "run"
+    args = [f"data.root={shared_root}", "data.max_train_samples=128", "train.batch_size=32", "train.ema=0.99",
+            "train.epochs=3", "train.eval_test=false", "train.select=last", f"output_dir={out}"]
+    assert run(args) == 0
+    stats = json.loads((out / "train_stats.json").read_text())
+    assert (stats["best_epoch"], stats["tested_epoch"]) == (0, 2)  # val's best stays reported
+    assert max_weight_diff(out / "best.safetensors", out / "checkpoints/last/ema.safetensors") == 0.0

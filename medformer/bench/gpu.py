@@ -48,7 +48,7 @@ def pretrain_config(method: str, root: str, out: Path, extra: list[str]) -> Pret
 
 
 def finetune_scratch(root: str, out: Path, steps: int, batch: int = 128) -> dict:
-    """PneumoniaMNIST from scratch for `steps` steps (all labels): test metrics of the best-val epoch."""
+    """PneumoniaMNIST from scratch for `steps` steps (all labels): test metrics of the weights the recipe tests."""
     cfg = load_config(FinetuneConfig, REPO / "configs" / "finetune" / "pneumoniamnist_small.yaml", [
         f"data.root={root}", f"output_dir={out}", f"train.max_steps={steps}", f"train.batch_size={batch}",
         "train.epochs=100", "train.progress=false", "train.warmup_epochs=0.3",

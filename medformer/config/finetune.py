@@ -99,6 +99,9 @@ class TrainConfig:
     # val metric for best checkpoint and early stopping; an epoch with val MCC <= 0 on some task (at chance
     # level, e.g. all one class) is kept as best only while every epoch has been
     monitor: Monitor = "auc"
+    # which epoch's weights are kept as best.safetensors and tested: best_val (by `monitor`, as above) or
+    # last (the final epoch's; val is still evaluated, and sets best_epoch and early stopping)
+    select: Literal["best_val", "last"] = "best_val"
     progress: bool = True
     eval_test: bool = True
     layer_decay: float = ranged(1.0, gt=0.0, le=1.0)  # Medformer layer-wise LR decay: block i of L gets lr * decay**(L - i)
@@ -109,8 +112,8 @@ class TrainConfig:
 
 def finetune_recipe() -> TrainConfig:
     """The default fine-tuning recipe, one for every dataset (docs/benchmarks.md, "Which backbone"):
-    about 80k training samples, batch 32, AdamW 5e-4, EMA weights, the best-val epoch tested."""
-    return TrainConfig(epochs="auto", auto_samples=80_000, batch_size=32, lr=5e-4, ema=0.999)
+    about 80k training samples, batch 32, AdamW 5e-4, the last epoch's EMA weights tested."""
+    return TrainConfig(epochs="auto", auto_samples=80_000, batch_size=32, lr=5e-4, ema=0.999, select="last")
 
 
 @dataclass

@@ -421,12 +421,14 @@ class Trainer:
             record["val_score"] = score
             self.acc.log({f"val/{t}/{k}": v for t, m in metrics.items() for k, v in m.items()}, step=st.step)
             at_chance = at_chance_level(metrics)
-            if st.best_epoch < 0 or _improves(at_chance, score, st):
+            improved = st.best_epoch < 0 or _improves(at_chance, score, st)
+            if improved:
                 st.best_metric, st.best_epoch, st.best_at_chance = score, st.epoch, at_chance
                 st.epochs_without_improvement = 0
-                self.save_best()
             else:
                 st.epochs_without_improvement += 1
+            if improved or self.cfg.select == "last":
+                self.save_best()
         else:
             self.save_best()
         if self.export_fn is not None and self.acc.is_main_process:
@@ -448,6 +450,8 @@ class Trainer:
             "epochs_completed": st.epoch,
             "best_epoch": st.best_epoch,
             "best_val_score": st.best_metric if math.isfinite(st.best_metric) else None,
+            # the epoch whose weights are in best.safetensors (and tested)
+            "tested_epoch": self.history[-1]["epoch"] if self.cfg.select == "last" and self.history else st.best_epoch,
             "train_seconds": round(st.train_seconds, 2),
             "train_samples_per_second": round(st.samples_seen / st.train_seconds, 1) if st.train_seconds else None,
             "peak_memory_mb": round(peak_memory_mb(), 1),

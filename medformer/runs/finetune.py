@@ -102,7 +102,8 @@ def train_class_weights(train_ds, mode: str) -> tuple[dict, dict]:
 
 
 def run_finetune(cfg: FinetuneConfig) -> dict:
-    """Train, keep the best-val checkpoint, test it; returns the metrics.json content."""
+    """Train, keep the checkpoint train.select names (best-val or last epoch), test it; returns the
+    metrics.json content."""
     out = Path(cfg.output_dir)
     infos = [dataset_info(f) for f in cfg.data.datasets]  # unknown flags fail here, before any output
     check_mode(cfg.finetune_mode)
@@ -159,7 +160,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
 
 
 def evaluate_best(cfg: FinetuneConfig, trainer: Trainer, val: dict, accelerator) -> dict:
-    """The best-val weights (when kept) evaluated on val and, with train.eval_test, on test; their
+    """The kept weights (best.safetensors, when kept) evaluated on val and, with train.eval_test, on test; their
     per-sample predictions are written to output_dir/predictions/."""
     out = Path(cfg.output_dir)
     if (out / "best.safetensors").is_file():
