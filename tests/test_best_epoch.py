@@ -49,11 +49,15 @@ def test_an_epoch_at_chance_level_is_never_kept_over_one_that_is_not(tmp_path, e
     assert _kept_epoch(tmp_path, epochs) == kept
 
 
-def test_select_last_keeps_the_final_epoch_whatever_val_says(tmp_path):
-    epochs = [_val(0.80, 0.4), _val(0.90, 0.5), _val(0.70, 0.0)]
+def test_select_last_keeps_the_final_epoch_unless_it_is_at_chance_level(tmp_path):
+    epochs = [_val(0.80, 0.4), _val(0.90, 0.5), _val(0.70, 0.2)]
     assert _kept_epoch(tmp_path / "best", epochs) == 1
     assert _kept_epoch(tmp_path / "last", epochs, select="last") == 2
     assert _kept_epoch(tmp_path / "one", epochs[:1], select="last") == 0
+    # the last epoch at chance level: the last one that is not; all at chance: the last
+    assert _kept_epoch(tmp_path / "chance", [_val(0.8, 0.0), _val(0.9, 0.4), _val(0.7, 0.3), _val(0.95, 0.0)],
+                       select="last") == 2
+    assert _kept_epoch(tmp_path / "all", [_val(0.8, 0.0), _val(0.9, 0.0)], select="last") == 1
 
 
 def test_a_task_at_chance_level_marks_the_whole_epoch(tmp_path):
@@ -64,8 +68,9 @@ def test_a_task_at_chance_level_marks_the_whole_epoch(tmp_path):
 
 
 def test_resumed_state_keeps_whether_its_best_was_at_chance_level():
-    state = TrainerState(best_metric=0.79, best_epoch=4, best_at_chance=True)
-    assert TrainerState.from_json(state.to_json()).best_at_chance
+    state = TrainerState(best_metric=0.79, best_epoch=4, best_at_chance=True, tested_epoch=6)
+    resumed = TrainerState.from_json(state.to_json())
+    assert resumed.best_at_chance and resumed.tested_epoch == 6
     older = json.loads(state.to_json())
     del older["best_at_chance"]  # a checkpoint written before the field existed
     assert TrainerState.from_json(json.dumps(older)).best_at_chance is False

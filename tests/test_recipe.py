@@ -156,7 +156,7 @@ def test_balanced_prior_keeps_the_prior_as_the_optimum_without_features(task, n_
 
 
 def test_ema_weights_are_evaluated_kept_and_resumed(shared_root, tmp_path, monkeypatch):
-    """With train.ema the best weights are the EMA's at the best epoch, and a run resumed from its
+    """With train.ema the kept weights are the EMA's at the tested epoch, and a run resumed from its
     epoch-1 checkpoint ends with the same EMA and raw weights as an uninterrupted one."""
     import shutil
 
@@ -183,9 +183,9 @@ def test_ema_weights_are_evaluated_kept_and_resumed(shared_root, tmp_path, monke
     last = "checkpoints/last"
     assert max_weight_diff(full / last / "ema.safetensors", part / last / "ema.safetensors") == 0.0
     assert max_weight_diff(full / last / "model.safetensors", part / last / "model.safetensors") == 0.0
-    best_epoch = json.loads((full / "train_stats.json").read_text())["best_epoch"]
+    tested_epoch = json.loads((full / "train_stats.json").read_text())["tested_epoch"]
     best = load_file(str(full / "best.safetensors"))
-    assert all(torch.equal(best[k], v) for k, v in ema_after_epoch[best_epoch + 1].items())
+    assert all(torch.equal(best[k], v) for k, v in ema_after_epoch[tested_epoch + 1].items())
     raw = {k.removeprefix("model."): v for k, v in load_file(str(full / last / "model.safetensors")).items()}
     ema = load_file(str(full / last / "ema.safetensors"))
     assert ema.keys() == raw.keys() and any(not torch.equal(ema[k], raw[k]) for k in ema)

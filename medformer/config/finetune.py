@@ -100,7 +100,8 @@ class TrainConfig:
     # level, e.g. all one class) is kept as best only while every epoch has been
     monitor: Monitor = "auc"
     # which epoch's weights are kept as best.safetensors and tested: best_val (by `monitor`, as above) or
-    # last (the final epoch's; val is still evaluated, and sets best_epoch and early stopping)
+    # last (the final epoch's, or the last one not at chance level when the final one is; val still sets
+    # best_epoch and early stopping)
     select: Literal["best_val", "last"] = "best_val"
     progress: bool = True
     eval_test: bool = True

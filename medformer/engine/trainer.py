@@ -156,6 +156,8 @@ class TrainerState:
     best_metric: float = -math.inf
     best_epoch: int = -1
     best_at_chance: bool = False  # the best epoch's val predictions had MCC <= 0 on some task
+    tested_epoch: int = -1  # the epoch whose weights are in best.safetensors (train.select)
+    tested_at_chance: bool = False
     epochs_without_improvement: int = 0
     samples_seen: int = 0
     train_seconds: float = 0.0
@@ -427,9 +429,13 @@ class Trainer:
                 st.epochs_without_improvement = 0
             else:
                 st.epochs_without_improvement += 1
-            if improved or self.cfg.select == "last":
+            if self.cfg.select == "last":  # the last epoch, unless it is at chance level and the kept one is not
+                improved = st.tested_epoch < 0 or not at_chance or st.tested_at_chance
+            if improved:
+                st.tested_epoch, st.tested_at_chance = st.epoch, at_chance
                 self.save_best()
         else:
+            st.tested_epoch = st.epoch
             self.save_best()
         if self.export_fn is not None and self.acc.is_main_process:
             self.export_fn(self.eval_model, self.output_dir)
@@ -450,8 +456,7 @@ class Trainer:
             "epochs_completed": st.epoch,
             "best_epoch": st.best_epoch,
             "best_val_score": st.best_metric if math.isfinite(st.best_metric) else None,
-            # the epoch whose weights are in best.safetensors (and tested)
-            "tested_epoch": self.history[-1]["epoch"] if self.cfg.select == "last" and self.history else st.best_epoch,
+            "tested_epoch": st.tested_epoch,
             "train_seconds": round(st.train_seconds, 2),
             "train_samples_per_second": round(st.samples_seen / st.train_seconds, 1) if st.train_seconds else None,
             "peak_memory_mb": round(peak_memory_mb(), 1),
