@@ -429,9 +429,10 @@ class Trainer:
                 st.epochs_without_improvement = 0
             else:
                 st.epochs_without_improvement += 1
+            keep = improved
             if self.cfg.select == "last":  # the last epoch, unless it is at chance level and the kept one is not
-                improved = st.tested_epoch < 0 or not at_chance or st.tested_at_chance
-            if improved:
+                keep = st.tested_epoch < 0 or not at_chance or st.tested_at_chance
+            if keep:
                 st.tested_epoch, st.tested_at_chance = st.epoch, at_chance
                 self.save_best()
         else:
