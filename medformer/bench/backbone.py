@@ -13,8 +13,8 @@ docs/results/backbone_benchmark.{json,md}.
     python scripts/bench_backbone.py --seeds --baseline-seeds --size64-root DIR [--size64-no-md5]
         # medformer_small at data.size=64 on each {flag}_64.npz in DIR (10 minutes each, time schedule)
 
-Cells are normal fine-tunes, resumable: a rerun skips what is done. The tables also keep the runs of
-the earlier results file that no run here replaces (same model, dataset, seed); --fresh drops them.
+Cells are normal fine-tunes, resumable: a rerun skips what is done. The tables also keep the rows of
+the earlier results file that no run here touches (same model and dataset); --fresh drops them.
 """
 
 from __future__ import annotations
@@ -120,11 +120,12 @@ def size64_records(out: Path) -> list[dict]:
 
 
 def with_previous(records: list[dict], results_json: Path) -> list[dict]:
-    """`records`, then the runs of an earlier results file that no fresh run replaces (same model,
-    dataset and seed): cell folders need not all live on one machine or in one checkout."""
+    """`records`, then the rows (model and dataset) of an earlier results file that no fresh run
+    touches: cell folders need not all live on one machine or in one checkout, and a row's seeds
+    all come from one recipe."""
     if not results_json.is_file():
         return records
-    key = lambda r: (r["model"], r["dataset"], r["seed"])  # noqa: E731
+    key = lambda r: (r["model"], r["dataset"])  # noqa: E731
     fresh = {key(r) for r in records}
     return records + [r for r in json.loads(results_json.read_text())["runs"] if key(r) not in fresh]
 
@@ -182,7 +183,7 @@ def main() -> None:
     p.add_argument("--size64-root", type=Path, help="folder of {flag}_64.npz files to train at 64 px / 64³")
     p.add_argument("--size64-no-md5", action="store_true", help="files that are not the official ones")
     p.add_argument("--report-only", action="store_true")
-    p.add_argument("--fresh", action="store_true", help="drop the runs of the earlier results file that no run here replaces")
+    p.add_argument("--fresh", action="store_true", help="drop the rows of the earlier results file that no run here touches")
     p.add_argument("--results", default=str(REPO / "docs" / "results" / "backbone_benchmark"))
     a = p.parse_args()
     out = Path(a.out)
