@@ -9,7 +9,12 @@ import torch
 from medformer.data.batch import make_inputs
 from medformer.data.domains import MEDMNIST, dataset_info
 from medformer.data.synthetic import synthetic_info
-from medformer.models.medformer import Medformer, count_parameters, medformer_config
+from medformer.models.medformer import (
+    Medformer,
+    backbone_shapes,
+    count_parameters,
+    medformer_config,
+)
 
 FLAGS = ["pneumoniamnist", "retinamnist", "adrenalmnist3d", "chestmnist"]
 
@@ -138,6 +143,21 @@ def test_every_stem_reads_pixels_onto_the_patch_grid(name):
     assert adapter.patch_tokens(torch.rand(2, 1, 28, 28, 28)).shape == (2, 343, 128)
     gray = torch.rand(2, 1, 28, 28)
     torch.testing.assert_close(adapter.patch_tokens(gray), adapter.patch_tokens(gray.expand(-1, 3, -1, -1)))
+
+
+def test_a_model_built_for_64px_reads_8px_tokens_with_the_28px_weights():
+    """Above stem_full_res_max the conv stem's stride-1 layer strides 2: 64 px images reach the body
+    as 8x8 tokens (volumes, read by patchify, keep 4-voxel patches); the weights are those of the
+    28 px model, so a 28 px encoder loads into it."""
+    small = Medformer(medformer_config("medformer_small"), [dataset_info("breastmnist")])
+    big = Medformer(medformer_config("medformer_small", image_size_2d=64, image_size_3d=64), [dataset_info("breastmnist")])
+    assert big.input_adapt.patch_size == {"2d": 8, "3d": 4} and small.input_adapt.patch_size == {"2d": 4, "3d": 4}
+    assert big.input_adapt.patch_tokens(torch.rand(2, 1, 64, 64), ["ultrasound"] * 2).shape == (2, 64, 128)
+    assert big.input_adapt.patch_tokens(torch.rand(2, 1, 64, 64, 64)).shape == (2, 16**3, 128)
+    assert backbone_shapes(big.state_dict()) == backbone_shapes(small.state_dict())
+    assert big.checkpoint_mismatch(small.state_dict()) is None
+    full = Medformer(medformer_config("medformer_small", image_size_2d=64, stem_full_res_max=64), [dataset_info("breastmnist")])
+    assert full.input_adapt.patch_tokens(torch.rand(2, 1, 64, 64), ["ultrasound"] * 2).shape == (2, 256, 128)
 
 
 def test_stems_are_called_once_per_dim_on_a_mixed_batch():

@@ -103,6 +103,22 @@ def test_jigsaw_permutations_are_far_apart_and_move_the_tiles():
 # ------------------------------------------------------------------ masked modelling
 
 
+@pytest.mark.parametrize("task", ["mae", "inpainting"])
+def test_pixel_decoders_follow_the_token_grid_of_a_64px_model(task):
+    """A model built for 64 px reads 8x8-pixel tokens (its stem's stride-1 layer strides 2): the
+    decoder predicts each token's 8x8 pixels, and the loss trains."""
+    torch.manual_seed(0)
+    model = create_model(ModelConfig(overrides={**TINY, "stem_layers": 3}), [dataset_info("breastmnist")], 64)
+    objective = objective_for([task], model)
+    objective.train()
+    term = objective.pretext[task]
+    assert term.patch_size["2d"] == 8 and term.decoder.pixels["2d"].out_features == 3 * 8 * 8
+    inputs = make_inputs([torch.rand(1, 64, 64) for _ in range(4)], ["breastmnist"] * 4)
+    loss = term(model, inputs, torch.arange(4) * 7919)
+    loss.backward()
+    assert torch.isfinite(loss) and model.input_adapt.patch_2d.first.weight.grad.abs().sum() > 0
+
+
 def test_masked_patches_do_not_reach_the_encoder():
     """Changing the pixels of masked patches changes the MAE targets but not one value the
     encoder computes from the visible ones, in 2D and 3D."""
@@ -116,11 +132,11 @@ def test_masked_patches_do_not_reach_the_encoder():
     for _dim, images, rows, rng in term.groups(batch["inputs"], seeds):
         _, _, masked = term.mask(images, rng)
         assert masked.float().mean().item() == pytest.approx(0.75, abs=0.05)
-        grid = images.shape[-1] // term.patch_size
+        grid = images.shape[-1] // term.patch_size[_dim]
         n_dims = images.ndim - 2
         pixel_mask = masked.reshape(len(images), 1, *[grid] * n_dims)
         for axis in range(2, 2 + n_dims):
-            pixel_mask = pixel_mask.repeat_interleave(term.patch_size, dim=axis)
+            pixel_mask = pixel_mask.repeat_interleave(term.patch_size[_dim], dim=axis)
         other_groups.append((torch.where(pixel_mask, torch.rand_like(images) + 5.0, images), rows))
     other = with_groups(batch["inputs"], other_groups)
     captured, original = [], model.tokens

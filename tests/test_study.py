@@ -150,17 +150,18 @@ def test_bad_study_config_one_line_error(tmp_path, capsys):
     assert len(err) == 1 and "modes" in err[0] and not (tmp_path / "s").exists()
 
 
-@pytest.mark.parametrize("name,flag", [("medformer_small", "adrenalmnist3d"), ("medformer_small", "retinamnist"),
-                                       ("resnet18", "pneumoniamnist"), ("resnet18", "adrenalmnist3d")])
-def test_explain_maps_cover_the_image(name, flag):
+@pytest.mark.parametrize("name,flag,size", [("medformer_small", "adrenalmnist3d", 28), ("medformer_small", "retinamnist", 28),
+                                            ("medformer_small", "breastmnist", 64),  # 8-pixel tokens at 64 px
+                                            ("resnet18", "pneumoniamnist", 28), ("resnet18", "adrenalmnist3d", 28)])
+def test_explain_maps_cover_the_image(name, flag, size):
     from medformer.config import ModelConfig
     from medformer.data.domains import dataset_info
     from medformer.eval.explain import explain_maps, group_cases
     from medformer.models.factory import create_model
 
     info = dataset_info(flag)
-    model = create_model(ModelConfig(name=name, overrides={"depth": 1} if name.startswith("medformer") else {}), [info]).eval()
-    shape = (info.n_channels, 28, 28) if info.dim == "2d" else (1, 28, 28, 28)
+    model = create_model(ModelConfig(name=name, overrides={"depth": 1} if name.startswith("medformer") else {}), [info], size).eval()
+    shape = (info.n_channels, size, size) if info.dim == "2d" else (1, size, size, size)
     maps, method = explain_maps(model, torch.randn(2, *shape), flag)
     assert maps.shape == (2, *shape[1:]) and maps.min() >= 0 and maps.max() <= 1 and method
     groups = group_cases(np.array([0.9, 0.8, 0.2, 0.1]), np.array([[1], [0], [1], [0]]), "binary-class", 1)

@@ -189,7 +189,7 @@ def attention_rollout(model: nn.Module, inputs: Inputs, task: str) -> torch.Tens
     q = oa.task_latents[task].expand(len(x), -1, -1)
     a_out = oa.cross.attn.attention_weights(oa.cross.norm_q(q), oa.cross.norm_context(tokens)).mean((1, 2))  # [b, N]
     relevance = (a_out[:, None] @ rollout @ a_in)[:, 0]  # [b, P]
-    p = ia.patch_size
+    p = ia.patch_size["2d" if images.ndim == 4 else "3d"]
     grid = tuple(s // p for s in images.shape[2:])
     return _normalize(_upsample(relevance.reshape(len(x), *grid), tuple(images.shape[2:])))
 

@@ -48,6 +48,9 @@ class MedformerConfig:
     stem: Literal["patch", "conv"] = "patch"
     stem_width: int = ranged(32, ge=1)  # channels of the conv stem's first stride-2 layer, doubled at each next one; stride-1 layers get half
     stem_layers: int = ranged(0, ge=0)  # 3x3 convs in the conv stem: log2(patch_size) stride-2 ones after stride-1 ones (0: none)
+    # a model built for larger images than this gets stride 2 in the conv stem's stride-1 layers (the
+    # same weights): at 64 px an 8x8 grid of 8-pixel tokens, not 16x16 at a quarter of the speed
+    stem_full_res_max: int = ranged(32, ge=1)
     # the conv stem's normalisation; domain_batch: BatchNorm statistics per modality (multi-task)
     stem_norm: Literal["batch", "domain_batch", "group", "layer", "none"] = "group"
     stem_3d: Literal["patch", "conv"] | None = None  # the stem for volumes (None: as `stem`)
@@ -99,8 +102,9 @@ class ConvStem(nn.Module):
 
     def __init__(
         self, in_chans: int, dim: int, patch_size: int, width: int, spatial_dims: int, n_layers: int = 0,
-        norm: str = "group",
+        norm: str = "group", flat_stride: int = 1,
     ):
+        """`flat_stride`: the stride of the layers before the stride-2 ones (2: they halve the grid too)."""
         super().__init__()
         n_down = int(math.log2(patch_size))
         if 2**n_down != patch_size:
@@ -109,7 +113,7 @@ class ConvStem(nn.Module):
         # channels double at each stride-2 conv, from `width` at the first; the stride-1 convs before
         # it run at full resolution, where each channel costs the most, so they get half of `width`
         widths = [max(1, width // 2)] * n_flat + [min(width * 2**i, dim) for i in range(n_down)]
-        strides = [1] * n_flat + [2] * n_down
+        strides = [flat_stride] * n_flat + [2] * n_down
         conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
         layers: list[nn.Module] = []
         channels = in_chans
@@ -152,11 +156,27 @@ def _norm(kind: str, channels: int, spatial_dims: int) -> nn.Module:
     raise ValueError(f"model stem_norm must be batch, group, layer or none, got {kind!r}")
 
 
+def _flat_stride(cfg: MedformerConfig, spatial_dims: int) -> int:
+    """Stride of the conv stem's full-resolution layers for the model's image size (1 or 2)."""
+    size = cfg.image_size_2d if spatial_dims == 2 else cfg.image_size_3d
+    return 2 if size > cfg.stem_full_res_max else 1
+
+
+def token_patch_size(cfg: MedformerConfig, spatial_dims: int) -> int:
+    """Pixels (voxels) per side of one patch token of 2D (2) or 3D (3) inputs."""
+    kind = cfg.stem_3d if spatial_dims == 3 and cfg.stem_3d else cfg.stem
+    if kind != "conv":
+        return cfg.patch_size
+    n_flat = max(0, cfg.stem_layers - int(math.log2(cfg.patch_size)))
+    return cfg.patch_size * _flat_stride(cfg, spatial_dims) ** n_flat
+
+
 def _stem(kind: str, in_chans: int, spatial_dims: int, cfg: MedformerConfig) -> nn.Module:
     """The pixels-to-patch-grid module of one dim: a patchify conv or a ConvStem."""
     p, d = cfg.patch_size, cfg.hidden_dim
     if kind == "conv":
-        return ConvStem(in_chans, d, p, cfg.stem_width, spatial_dims, cfg.stem_layers, cfg.stem_norm)
+        return ConvStem(in_chans, d, p, cfg.stem_width, spatial_dims, cfg.stem_layers, cfg.stem_norm,
+                        _flat_stride(cfg, spatial_dims))
     if kind == "patch":
         return (nn.Conv2d if spatial_dims == 2 else nn.Conv3d)(in_chans, d, p, p)
     key = "stem_3d" if spatial_dims == 3 and cfg.stem_3d else "stem"
@@ -181,10 +201,10 @@ class InputAdaptformer(nn.Module):
 
     def __init__(self, cfg: MedformerConfig):
         super().__init__()
-        p, d = cfg.patch_size, cfg.hidden_dim
-        self.patch_size = p
-        self.grid_2d = cfg.image_size_2d // p
-        self.grid_3d = cfg.image_size_3d // p
+        d = cfg.hidden_dim
+        self.patch_size = {"2d": token_patch_size(cfg, 2), "3d": token_patch_size(cfg, 3)}
+        self.grid_2d = cfg.image_size_2d // self.patch_size["2d"]
+        self.grid_3d = cfg.image_size_3d // self.patch_size["3d"]
         self.patch_2d = _stem(cfg.stem, 3, 2, cfg)
         self.patch_3d = _stem(cfg.stem_3d or cfg.stem, 1, 3, cfg)
         self.pos_2d = _param(1, self.grid_2d**2, d)
@@ -271,7 +291,7 @@ class InputAdaptformer(nn.Module):
             if keep is not None and dim in keep:
                 tokens = tokens.gather(1, keep[dim][..., None].expand(-1, -1, tokens.shape[-1]))
             if patches is not None:
-                grid = [s // self.patch_size for s in images.shape[2:]]
+                grid = [s // self.patch_size[dim] for s in images.shape[2:]]
                 patches[dim] = (images, rows, tokens.transpose(1, 2).reshape(len(images), -1, *grid))
             z = self.proj(_maybe_checkpointed(self.cross, self.grad_checkpointing)(queries[rows], tokens))
             if out is None:
@@ -285,8 +305,8 @@ class InputAdaptformer(nn.Module):
     def _empty_batch(self, dim: str, device: torch.device) -> torch.Tensor:
         """No images of `dim` at the configured size: this process's part of a synced BatchNorm step."""
         if dim == "2d":
-            return torch.zeros(0, 3, *(2 * [self.grid_2d * self.patch_size]), device=device)
-        return torch.zeros(0, 1, *(3 * [self.grid_3d * self.patch_size]), device=device)
+            return torch.zeros(0, 3, *(2 * [self.grid_2d * self.patch_size[dim]]), device=device)
+        return torch.zeros(0, 1, *(3 * [self.grid_3d * self.patch_size[dim]]), device=device)
 
 
 class OutputAdaptformer(nn.Module):
@@ -495,9 +515,10 @@ def medformer_config(name: str, **overrides) -> MedformerConfig:
     if name not in SIZES:
         raise ValueError(f"unknown Medformer size {name!r}; choose from {sorted(SIZES)}")
     cfg = MedformerConfig(**{**asdict(SIZES[name]), **overrides})
-    for size in (cfg.image_size_2d, cfg.image_size_3d):
-        if size % cfg.patch_size:
-            raise ValueError(f"image size {size} is not a multiple of patch_size {cfg.patch_size}")
+    for size, dims in ((cfg.image_size_2d, 2), (cfg.image_size_3d, 3)):
+        if size % token_patch_size(cfg, dims):
+            raise ValueError(f"{dims}D image size {size} is not a multiple of the token patch size "
+                             f"{token_patch_size(cfg, dims)}; choose a size that is")
     return cfg
 
 

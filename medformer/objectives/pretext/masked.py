@@ -30,12 +30,12 @@ class PixelDecoder(nn.Module):
         width = width or cfg.hidden_dim
         if width % cfg.heads:
             raise ValueError(f"decoder_width {width} must be a multiple of the model's heads ({cfg.heads})")
-        p = cfg.patch_size
+        p = model.input_adapt.patch_size  # pixels per token side, by dim
         self.context = nn.Linear(cfg.hidden_dim, width)
         self.query = nn.Linear(cfg.hidden_dim, width)
         self.blocks = nn.ModuleList(Block(width, cfg.heads, cfg.mlp_ratio, context_dim=width) for _ in range(depth))
         self.norm = nn.LayerNorm(width)
-        self.pixels = nn.ModuleDict({"2d": nn.Linear(width, 3 * p * p), "3d": nn.Linear(width, p**3)})
+        self.pixels = nn.ModuleDict({"2d": nn.Linear(width, 3 * p["2d"] ** 2), "3d": nn.Linear(width, p["3d"] ** 3)})
 
     def forward(self, model: nn.Module, tokens: Tensor, dim: str, grid: int) -> Tensor:
         """Body tokens [b, N, hidden] -> predicted pixels [b, grid^n, C * p^n] of every patch."""
@@ -67,7 +67,7 @@ class ReconstructionTerm(PretextTerm):
     def __init__(self, model: nn.Module, width: int | None, depth: int):
         super().__init__()
         require_medformer(model, self.name)
-        self.patch_size = model.cfg.patch_size
+        self.patch_size: dict[str, int] = dict(model.input_adapt.patch_size)  # by dim
         self.decoder = PixelDecoder(model, width, depth)
 
     def reconstruct(self, model: nn.Module, inputs: Inputs, keep: dict[str, Tensor] | None = None) -> Tensor:
@@ -87,7 +87,8 @@ class MaskedModelling(ReconstructionTerm):
 
     def mask(self, images: Tensor, rng: SampleRandom) -> tuple[Tensor, Tensor, Tensor]:
         """(images with masked patches zeroed, visible token indices [b, K], token mask [b, T] True = masked)."""
-        n_dims, p = images.ndim - 2, self.patch_size
+        n_dims = images.ndim - 2
+        p = self.patch_size["2d" if n_dims == 2 else "3d"]
         grid = images.shape[-1] // p
         n_tokens = grid**n_dims
         n_keep = min(n_tokens - 1, max(1, round(n_tokens * (1 - self.mask_ratio))))
@@ -107,9 +108,9 @@ class MaskedModelling(ReconstructionTerm):
         tokens = self.reconstruct(model, with_groups(inputs, groups), keep)
         losses = []
         for dim, images, rows, masked in plans:
-            grid = images.shape[-1] // self.patch_size
+            grid = images.shape[-1] // self.patch_size[dim]
             predicted = full_precision(self.decoder(model, tokens[rows.to(tokens.device)], dim, grid))
-            error = (predicted - pixel_targets(images, dim, self.patch_size, self.norm_pix)).pow(2).mean(-1)
+            error = (predicted - pixel_targets(images, dim, self.patch_size[dim], self.norm_pix)).pow(2).mean(-1)
             losses.append((error * masked).sum(1) / masked.sum(1))
         return torch.cat(losses).mean()
 
@@ -143,7 +144,7 @@ class ContextRestoration(ReconstructionTerm):
 
     def shuffled(self, images: Tensor, rng: SampleRandom) -> Tensor:
         """Local pixel shuffling: the pixels of every patch permuted (one permutation per patch)."""
-        grid = images.shape[-1] // self.patch_size
+        grid = images.shape[-1] // self.patch_size["2d" if images.ndim == 4 else "3d"]
         tiles = split_tiles(images, grid)  # [b, T, C, *p]
         b, t, c, *p = tiles.shape
         flat = tiles.flatten(3)
@@ -167,7 +168,7 @@ class ContextRestoration(ReconstructionTerm):
         tokens = self.reconstruct(model, with_groups(inputs, groups))
         losses = []
         for dim, images, rows in plans:
-            grid = images.shape[-1] // self.patch_size
+            grid = images.shape[-1] // self.patch_size[dim]
             predicted = full_precision(self.decoder(model, tokens[rows.to(tokens.device)], dim, grid))
-            losses.append((predicted - pixel_targets(images, dim, self.patch_size, False)).pow(2).mean((1, 2)))
+            losses.append((predicted - pixel_targets(images, dim, self.patch_size[dim], False)).pow(2).mean((1, 2)))
         return torch.cat(losses).mean()
