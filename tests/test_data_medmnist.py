@@ -476,3 +476,20 @@ def test_real_subset_dataset(shared):
     assert ds[0]["index"] == subset[0]
     share = full.labels.mean()
     assert abs(ds.labels.mean() - share) < 0.01
+
+
+@pytest.mark.parametrize("flag,shape", [("retinamnist", (64, 64, 3)), ("adrenalmnist3d", (64, 64, 64))])
+def test_upsampled_stand_in_files_load_at_64(shared, tmp_path, flag, shape):
+    """scripts/upsample_medmnist.py: the 28 px file at 64 px, labels unchanged; it loads as data.size=64
+    only with the md5 check off, since it is not the official file."""
+    from medformer.data.upsample import upsample_npz
+
+    path = upsample_npz(shared, tmp_path, flag, 64)
+    assert path.name == f"{flag}_64.npz" and not list(tmp_path.glob("*.tmp"))
+    images, labels = load_arrays(flag, "val", 64, root=tmp_path, verify_md5=False)
+    small, small_labels = load_arrays(flag, "val", 28, root=shared)
+    assert images.shape == (len(small), *shape) and images.dtype == np.uint8
+    np.testing.assert_array_equal(labels, small_labels)
+    assert abs(float(images.mean()) - float(small.mean())) < 1.0  # the same intensities, resampled
+    with pytest.raises(DataError, match="md5"):
+        load_arrays(flag, "val", 64, root=tmp_path)
