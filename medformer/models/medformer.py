@@ -49,7 +49,7 @@ class MedformerConfig:
     stem_width: int = ranged(32, ge=1)  # channels of the conv stem's first stride-2 layer, doubled at each next one; stride-1 layers get half
     stem_layers: int = ranged(0, ge=0)  # 3x3 convs in the conv stem: log2(patch_size) stride-2 ones after stride-1 ones (0: none)
     # a model built for larger images than this gets stride 2 in the conv stem's stride-1 layers (the
-    # same weights): at 64 px an 8x8 grid of 8-pixel tokens, not 16x16 at a quarter of the speed
+    # same weights): at 64 px an 8x8 grid of 8-pixel tokens, not 16x16 at 0.6x the thesis step
     stem_full_res_max: int = ranged(32, ge=1)
     # the conv stem's normalisation; domain_batch: BatchNorm statistics per modality (multi-task)
     stem_norm: Literal["batch", "domain_batch", "group", "layer", "none"] = "group"
