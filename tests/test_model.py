@@ -147,17 +147,21 @@ def test_every_stem_reads_pixels_onto_the_patch_grid(name):
 
 def test_a_model_built_for_64px_reads_8px_tokens_with_the_28px_weights():
     """Above stem_full_res_max the conv stem's stride-1 layer strides 2: 64 px images reach the body
-    as 8x8 tokens (volumes, read by patchify, keep 4-voxel patches); the weights are those of the
-    28 px model, so a 28 px encoder loads into it."""
+    as 8x8 tokens (volumes, read by patchify, keep 4-voxel patches), with the 28 px model's weights
+    but for the position embeddings. An encoder of another grid (another size, or 64 px with 16x16
+    tokens as before the rule) stops with a message that says what to set."""
     small = Medformer(medformer_config("medformer_small"), [dataset_info("breastmnist")])
     big = Medformer(medformer_config("medformer_small", image_size_2d=64, image_size_3d=64), [dataset_info("breastmnist")])
     assert big.input_adapt.patch_size == {"2d": 8, "3d": 4} and small.input_adapt.patch_size == {"2d": 4, "3d": 4}
     assert big.input_adapt.patch_tokens(torch.rand(2, 1, 64, 64), ["ultrasound"] * 2).shape == (2, 64, 128)
     assert big.input_adapt.patch_tokens(torch.rand(2, 1, 64, 64, 64)).shape == (2, 16**3, 128)
     assert backbone_shapes(big.state_dict()) == backbone_shapes(small.state_dict())
-    assert big.checkpoint_mismatch(small.state_dict()) is None
     full = Medformer(medformer_config("medformer_small", image_size_2d=64, stem_full_res_max=64), [dataset_info("breastmnist")])
     assert full.input_adapt.patch_tokens(torch.rand(2, 1, 64, 64), ["ultrasound"] * 2).shape == (2, 256, 128)
+    assert big.checkpoint_mismatch(big.state_dict()) is None
+    for other in (small, full):
+        reason = big.checkpoint_mismatch(other.state_dict())
+        assert "data.size" in reason and "stem_full_res_max=64" in reason
 
 
 def test_stems_are_called_once_per_dim_on_a_mixed_batch():

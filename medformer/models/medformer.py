@@ -49,7 +49,7 @@ class MedformerConfig:
     stem_width: int = ranged(32, ge=1)  # channels of the conv stem's first stride-2 layer, doubled at each next one; stride-1 layers get half
     stem_layers: int = ranged(0, ge=0)  # 3x3 convs in the conv stem: log2(patch_size) stride-2 ones after stride-1 ones (0: none)
     # a model built for larger images than this gets stride 2 in the conv stem's stride-1 layers (the
-    # same weights): at 64 px an 8x8 grid of 8-pixel tokens, not 16x16 at 0.6x the thesis step
+    # same weight shapes): at 64 px an 8x8 grid of 8-pixel tokens, not 16x16 at 0.6x the thesis step
     stem_full_res_max: int = ranged(32, ge=1)
     # the conv stem's normalisation; domain_batch: BatchNorm statistics per modality (multi-task)
     stem_norm: Literal["batch", "domain_batch", "group", "layer", "none"] = "group"
@@ -465,7 +465,7 @@ class Medformer(nn.Module):
         encoder exported before medformer_small gained its conv stem); None when it may fit."""
         theirs = backbone_shapes(state)
         if _fits(theirs, backbone_shapes(self.state_dict())):
-            return None
+            return _grid_mismatch(state, self.state_dict())
         name = next((n for n in SIZES if _fits(theirs, _size_shapes(n))), None)
         if name is None:
             return None
@@ -490,6 +490,18 @@ def dense_features(patches: dict, tokens: torch.Tensor, rows: torch.Tensor) -> D
                 x = x.expand(-1, 3, -1, -1)
             return DenseFeatures(x, [grid[pick]], tokens[rows.to(tokens.device)])
     raise ValueError("the rows of a segmentation/regression task must all be 2D or all 3D")
+
+
+def _grid_mismatch(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> str | None:
+    """Why a state of this size's backbone has another patch-token grid (another image size or token
+    patch), or None."""
+    for dim in ("2d", "3d"):
+        key = f"input_adapt.pos_{dim}"
+        if key in state and state[key].shape != own[key].shape:
+            return (f"its {dim.upper()} patch-token grid has {state[key].shape[1]} tokens, this model's "
+                    f"{own[key].shape[1]}; set data.size to the size it was trained at (an encoder trained "
+                    "above 32 px before 2026-12-08 also needs model.overrides.stem_full_res_max=64)")
+    return None
 
 
 def _fits(theirs: dict[str, tuple[int, ...]], ours: dict[str, tuple[int, ...]]) -> bool:
