@@ -162,18 +162,22 @@ def _flat_stride(cfg: MedformerConfig, spatial_dims: int) -> int:
     return 2 if size > cfg.stem_full_res_max else 1
 
 
+def _stem_kind(cfg: MedformerConfig, spatial_dims: int) -> str:
+    """`stem_3d` for volumes when it is set, else `stem`."""
+    return cfg.stem_3d if spatial_dims == 3 and cfg.stem_3d else cfg.stem
+
+
 def token_patch_size(cfg: MedformerConfig, spatial_dims: int) -> int:
     """Pixels (voxels) per side of one patch token of 2D (2) or 3D (3) inputs."""
-    kind = cfg.stem_3d if spatial_dims == 3 and cfg.stem_3d else cfg.stem
-    if kind != "conv":
+    if _stem_kind(cfg, spatial_dims) != "conv":
         return cfg.patch_size
     n_flat = max(0, cfg.stem_layers - int(math.log2(cfg.patch_size)))
     return cfg.patch_size * _flat_stride(cfg, spatial_dims) ** n_flat
 
 
-def _stem(kind: str, in_chans: int, spatial_dims: int, cfg: MedformerConfig) -> nn.Module:
+def _stem(in_chans: int, spatial_dims: int, cfg: MedformerConfig) -> nn.Module:
     """The pixels-to-patch-grid module of one dim: a patchify conv or a ConvStem."""
-    p, d = cfg.patch_size, cfg.hidden_dim
+    p, d, kind = cfg.patch_size, cfg.hidden_dim, _stem_kind(cfg, spatial_dims)
     if kind == "conv":
         return ConvStem(in_chans, d, p, cfg.stem_width, spatial_dims, cfg.stem_layers, cfg.stem_norm,
                         _flat_stride(cfg, spatial_dims))
@@ -205,8 +209,8 @@ class InputAdaptformer(nn.Module):
         self.patch_size = {"2d": token_patch_size(cfg, 2), "3d": token_patch_size(cfg, 3)}
         self.grid_2d = cfg.image_size_2d // self.patch_size["2d"]
         self.grid_3d = cfg.image_size_3d // self.patch_size["3d"]
-        self.patch_2d = _stem(cfg.stem, 3, 2, cfg)
-        self.patch_3d = _stem(cfg.stem_3d or cfg.stem, 1, 3, cfg)
+        self.patch_2d = _stem(3, 2, cfg)
+        self.patch_3d = _stem(1, 3, cfg)
         self.pos_2d = _param(1, self.grid_2d**2, d)
         self.pos_3d = _param(1, self.grid_3d**3, d)
         self.latents = _param(cfg.num_latent_tokens, cfg.latent_dim)
